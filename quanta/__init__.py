@@ -1,0 +1,29 @@
+"""quanta: quantization for neural networks, signals and data, measured honestly.
+
+The tensor-level API::
+
+    import quanta
+    qt = quanta.quantize_tensor(weight, "int4:g128:asym")   # packed codes + scales
+    w_hat = quanta.dequantize(qt)
+    print(qt.nbytes, quanta.metrics.sqnr_db(weight, w_hat))
+"""
+
+from quanta import errors
+from quanta._version import __version__
+from quanta.codec import dequantize, fake_quantize, quantize_tensor
+from quanta.formats import get_format
+from quanta.primitives import metrics
+from quanta.scheme import QScheme
+from quanta.tensor import QTensor
+
+__all__ = [
+    "QScheme",
+    "QTensor",
+    "__version__",
+    "dequantize",
+    "errors",
+    "fake_quantize",
+    "get_format",
+    "metrics",
+    "quantize_tensor",
+]

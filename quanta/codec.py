@@ -1,0 +1,148 @@
+"""Tensor-level quantization: ``quantize_tensor``, ``dequantize`` and ``fake_quantize`` (straight-through).
+
+These glue the pieces together: validate the input, view it as groups (:mod:`quanta.primitives.groups`), let the
+scheme's format fit parameters and encode, then pack (:class:`QTensor`) or decode on the spot (fake quant).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from quanta.errors import InvalidTensorError
+from quanta.formats.base import Params
+from quanta.primitives.checks import check_float_tensor, normalize_axis
+from quanta.primitives.groups import Grouping
+from quanta.primitives.packing import pack
+from quanta.scheme import QScheme
+from quanta.tensor import QTensor, grouping_for, view_2d
+
+__all__ = ["dequantize", "fake_quantize", "quantize_tensor"]
+
+
+def _encode(
+    x: torch.Tensor,
+    scheme: QScheme,
+    axis: int | None,
+    weight: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, Params, Grouping, torch.Tensor]:
+    """Validate, fit and encode. Returns ``(codes (rows, cols) int32, all params, grouping, x2d fp32)``."""
+    check_float_tensor(x, "x")
+    if axis is not None:
+        axis = normalize_axis(axis, max(x.dim(), 1))
+    if weight is not None:
+        check_float_tensor(weight, "weight")
+        if weight.shape != x.shape:
+            raise InvalidTensorError(
+                f"weight has shape {tuple(weight.shape)} but x has {tuple(x.shape)}; give one importance per value."
+            )
+    grouping = grouping_for(x.shape, scheme, axis)
+    x2d = view_2d(x, scheme, axis).float()
+    w2d = None if weight is None else view_2d(weight, scheme, axis).float()
+    fmt = scheme.fmt
+    params = grouping.reduce(lambda xb, wb: fmt.fit(xb, scheme, wb), x2d, w2d)
+    codes = grouping.map(lambda xb, pb: fmt.encode(xb, pb, scheme, generator), x2d, params)
+    return codes, params, grouping, x2d
+
+
+def quantize_tensor(
+    x: torch.Tensor,
+    scheme: QScheme | str,
+    *,
+    axis: int | None = None,
+    weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> QTensor:
+    """Quantize a floating-point tensor into a packed :class:`QTensor`.
+
+    Args:
+        x: the tensor (any float dtype; computed in fp32).
+        scheme: a :class:`QScheme` or its string form, e.g. ``"int4:g128:asym"``.
+        axis: the reduction axis for ``ch``/``gN`` (``None``: dim 0 is the output channel, all other dims are
+            reduced, as for Linear/Conv/Embedding weights; ``0`` for GPT-2's ``[in, out]`` Conv1D).
+        weight: optional per-value importance, same shape as ``x`` (used by fitted codebooks).
+        generator: random source for stochastic rounding (``None``: torch's global generator).
+
+    Returns:
+        The QTensor; ``nbytes`` is its true storage.
+
+    Raises:
+        SchemeError: the scheme is invalid.
+        InvalidTensorError: ``x`` is empty, not floating point, or holds NaN/Inf (``NonFiniteError``).
+        AxisError: ``axis`` is out of range.
+
+    Example:
+        >>> qt = quantize_tensor(torch.randn(64, 256), "int4:g128")
+        >>> qt.nbytes, dequantize(qt).shape
+        (8704, torch.Size([64, 256]))
+    """
+    scheme = QScheme.parse(scheme)
+    codes, params, _, _ = _encode(x, scheme, axis, weight, generator)
+    stored = {k: v for k, v in params.items() if not k.startswith("_")}
+    packed = pack(codes, scheme.bits, scheme.fmt.signed_codes)
+    axis = None if axis is None else normalize_axis(axis, max(x.dim(), 1))
+    return QTensor(codes=packed, params=stored, scheme=scheme, shape=x.shape, dtype=x.dtype, axis=axis)
+
+
+def dequantize(qt: QTensor) -> torch.Tensor:
+    """Reconstruct a :class:`QTensor` in its original shape and dtype."""
+    return qt.dequantize()
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized values. Backward: the gradient where the input was inside the grid's range."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, xq: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inside)
+        return xq
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scheme: QScheme | str,
+    *,
+    axis: int | None = None,
+    weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Quantize and dequantize in one step, with a straight-through estimator for the gradient.
+
+    The result equals ``dequantize(quantize_tensor(x, scheme))`` (same shape and dtype as ``x``). Its gradient
+    with respect to ``x`` is the incoming gradient where ``x`` lies inside its group's representable range and
+    zero outside (clipped values get no gradient). Scales are treated as constants.
+
+    Example:
+        >>> w = torch.randn(8, 16, requires_grad=True)
+        >>> fake_quantize(w, "int4:ch").sum().backward()
+    """
+    scheme = QScheme.parse(scheme)
+    with torch.no_grad():
+        codes, params, grouping, x2d = _encode(x.detach(), scheme, axis, weight, generator)
+        fmt = scheme.fmt
+        values = grouping.map(lambda c, p: fmt.decode(c, p, scheme), codes, params)
+
+        def inside_range(xb: torch.Tensor, pb: Params) -> torch.Tensor:
+            lo, hi = fmt.clip_range(pb, scheme)
+            return ((xb >= lo) & (xb <= hi)).float()
+
+        inside = grouping.map(inside_range, x2d, params)
+        axis = None if axis is None else normalize_axis(axis, max(x.dim(), 1))
+        xq = _restore(values, x.shape, scheme, axis).to(x.dtype)
+        mask = _restore(inside, x.shape, scheme, axis).to(x.dtype)
+    return _StraightThrough.apply(x, xq, mask)
+
+
+def _restore(x2d: torch.Tensor, shape: torch.Size, scheme: QScheme, axis: int | None) -> torch.Tensor:
+    from quanta.primitives.groups import from_2d
+
+    if scheme.granularity == "tensor":
+        return x2d.reshape(shape)
+    return from_2d(x2d, shape, axis)

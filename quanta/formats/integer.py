@@ -1,0 +1,101 @@
+"""Uniform integer grids of any width 1..16: symmetric, asymmetric (integer zero point) and float-offset.
+
+* ``sym``:  ``x_hat = (q - z0) * s`` with ``s = absmax / ((qmax - qmin) / 2)`` and ``z0 = 0`` for signed
+  formats (the midpoint ``2**(bits-1)`` for unsigned ones), as torch's symmetric observers do.
+* ``asym``: ``x_hat = (q - z) * s``; the range is widened to include 0 and ``z`` is an integer code, so 0.0 is
+  exact (needed for zero padding and ReLU outputs).
+* ``fmin``: ``x_hat = (q - qmin) * s + m`` with a float minimum ``m`` (HQQ, GGUF Q4_1): every level lies in the data.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+
+from quanta.formats.base import SCALE_DTYPES, Format, Params, int_storage_dtype, register_family
+from quanta.primitives.affine import (
+    affine_qparams,
+    dequantize_affine,
+    float_offset_qparams,
+    int_range,
+    quantize_affine,
+    symmetric_scale,
+)
+from quanta.primitives.checks import check_bits
+
+if TYPE_CHECKING:
+    from quanta.scheme import QScheme
+
+
+class IntegerFormat(Format):
+    modes = ("sym", "asym", "fmin")
+    roundings = ("rne", "sr")
+    narrowable = True
+
+    def __init__(self, bits: int, signed: bool) -> None:
+        self.bits = check_bits(bits, 1, 16, what=f"{'int' if signed else 'uint'} bit width")
+        self.signed_codes = signed
+        self.name = f"{'' if signed else 'u'}int{bits}"
+        self.summary = f"{'signed' if signed else 'unsigned'} {bits}-bit integer"
+
+    def qrange(self, scheme: QScheme) -> tuple[int, int]:
+        return int_range(self.bits, self.signed_codes, scheme.narrow)
+
+    def _sym_zero(self) -> int:
+        return 0 if self.signed_codes else 1 << (self.bits - 1)
+
+    def param_spec(self, scheme: QScheme) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        dtype = SCALE_DTYPES[scheme.scale_dtype]
+        if scheme.mode == "asym":
+            return {"scale": ((), dtype), "zero": ((), int_storage_dtype(self.bits, self.signed_codes))}
+        if scheme.mode == "fmin":
+            return {"scale": ((), dtype), "offset": ((), dtype)}
+        return {"scale": ((), dtype)}
+
+    def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
+        qmin, qmax = self.qrange(scheme)
+        dtype = SCALE_DTYPES[scheme.scale_dtype]
+        if scheme.mode == "asym":
+            scale, zero = affine_qparams(x.amin(-1), x.amax(-1), qmin, qmax, dtype)
+            return {"scale": scale, "zero": zero.to(int_storage_dtype(self.bits, self.signed_codes))}
+        if scheme.mode == "fmin":
+            scale, offset = float_offset_qparams(x.amin(-1), x.amax(-1), qmin, qmax, dtype)
+            return {"scale": scale, "offset": offset}
+        return {"scale": symmetric_scale(x.abs().amax(-1), qmin, qmax, dtype)}
+
+    def encode(
+        self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        qmin, qmax = self.qrange(scheme)
+        scale = params["scale"].unsqueeze(-1)
+        if scheme.mode == "asym":
+            return quantize_affine(x, scale, params["zero"].unsqueeze(-1).int(), qmin, qmax, scheme.rounding, generator)
+        if scheme.mode == "fmin":
+            shifted = x - params["offset"].unsqueeze(-1).float()
+            return quantize_affine(shifted, scale, qmin, qmin, qmax, scheme.rounding, generator)
+        return quantize_affine(x, scale, self._sym_zero(), qmin, qmax, scheme.rounding, generator)
+
+    def decode(self, codes: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
+        scale = params["scale"].unsqueeze(-1)
+        if scheme.mode == "asym":
+            return dequantize_affine(codes, scale, params["zero"].unsqueeze(-1).int())
+        if scheme.mode == "fmin":
+            qmin, _ = self.qrange(scheme)
+            return dequantize_affine(codes, scale, qmin) + params["offset"].unsqueeze(-1).float()
+        return dequantize_affine(codes, scale, self._sym_zero())
+
+    def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+        qmin, qmax = self.qrange(scheme)
+        ones = torch.ones_like(params["scale"], dtype=torch.int32).unsqueeze(-1)
+        return self.decode(ones * qmin, params, scheme), self.decode(ones * qmax, params, scheme)
+
+    def code_values(self, scheme: QScheme) -> torch.Tensor:
+        qmin, qmax = self.qrange(scheme)
+        return torch.arange(qmin, qmax + 1, dtype=torch.int32)
+
+
+@register_family(r"(u?)int(\d+)", ("int8", "int4", "uint8", "int3"), "integers of 1..16 bits, signed or unsigned")
+def _integer(match: re.Match[str]) -> Format:
+    return IntegerFormat(int(match.group(2)), signed=match.group(1) == "")

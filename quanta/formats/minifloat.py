@@ -1,0 +1,75 @@
+"""Small floats scaled by the group absmax: FP8 (e4m3 as OCP's e4m3fn, e5m2), FP6 (e2m3, e3m2), FP4 (e2m1).
+
+``scale = absmax / max_finite``, then each value is rounded to nearest-even on the format's grid with
+saturation. Codes are the format's bit patterns (sign, exponent, mantissa): for FP8 they are exactly the bytes of
+torch's ``float8_e4m3fn`` / ``float8_e5m2`` tensors, so a QTensor's codes can be viewed as a torch float8 tensor.
+
+| format | exp/man bits | bias | largest | smallest subnormal |
+|---|---|---|---|---|
+| fp8_e4m3 | 4/3 | 7 | 448 | 2^-9 |
+| fp8_e5m2 | 5/2 | 15 | 57344 | 2^-16 |
+| fp6_e3m2 | 3/2 | 3 | 28 | 2^-4 |
+| fp6_e2m3 | 2/3 | 1 | 7.5 | 2^-3 |
+| fp4_e2m1 | 2/1 | 1 | 6 | 0.5 |
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+
+from quanta.formats.base import SCALE_DTYPES, Format, Params, register_family
+from quanta.primitives.affine import storage_scale
+from quanta.primitives.minifloat import MiniFloat
+
+if TYPE_CHECKING:
+    from quanta.scheme import QScheme
+
+MINIFLOATS: dict[str, MiniFloat] = {
+    "fp8_e4m3": MiniFloat(exp_bits=4, man_bits=3, bias=7, max_value=448.0),
+    "fp8_e5m2": MiniFloat(exp_bits=5, man_bits=2, bias=15, max_value=57344.0),
+    "fp6_e3m2": MiniFloat(exp_bits=3, man_bits=2, bias=3, max_value=28.0),
+    "fp6_e2m3": MiniFloat(exp_bits=2, man_bits=3, bias=1, max_value=7.5),
+    "fp4_e2m1": MiniFloat(exp_bits=2, man_bits=1, bias=1, max_value=6.0),
+}
+
+
+class MiniFloatFormat(Format):
+    roundings = ("rne", "sr")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.spec = MINIFLOATS[name]
+        self.bits = self.spec.bits
+        self.summary = f"{self.bits}-bit float, {self.spec.exp_bits} exponent and {self.spec.man_bits} mantissa bits"
+
+    def param_spec(self, scheme: QScheme) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {"scale": ((), SCALE_DTYPES[scheme.scale_dtype])}
+
+    def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
+        absmax = x.abs().amax(-1)
+        return {"scale": storage_scale(absmax / self.spec.max_value, SCALE_DTYPES[scheme.scale_dtype])}
+
+    def encode(
+        self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        inv = 1.0 / params["scale"].unsqueeze(-1).float()
+        return self.spec.encode(x * inv, scheme.rounding, generator)
+
+    def decode(self, codes: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
+        return self.spec.decode(codes) * params["scale"].unsqueeze(-1).float()
+
+    def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+        top = params["scale"].unsqueeze(-1).float() * self.spec.max_value
+        return -top, top
+
+
+@register_family(
+    r"fp8_e4m3|fp8_e5m2|fp6_e3m2|fp6_e2m3|fp4_e2m1",
+    tuple(MINIFLOATS),
+    "small floats (OCP FP8/FP6/FP4) with an absmax scale",
+)
+def _minifloat(match: re.Match[str]) -> Format:
+    return MiniFloatFormat(match.group(0))

@@ -1,0 +1,67 @@
+"""Validation of user input shared by every entry point: tensors, bit widths, group sizes and axes."""
+
+from __future__ import annotations
+
+import torch
+
+from quanta.errors import AxisError, BitWidthError, GroupSizeError, InvalidTensorError, NonFiniteError
+
+__all__ = ["check_bits", "check_finite", "check_float_tensor", "check_group_size", "normalize_axis"]
+
+
+def check_float_tensor(x: object, name: str = "x") -> torch.Tensor:
+    """Return ``x`` if it is a non-empty, finite, floating-point tensor; raise a quanta error otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise InvalidTensorError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor()."
+        )
+    if not x.is_floating_point():
+        raise InvalidTensorError(
+            f"{name} must be a floating-point tensor, got {x.dtype}; convert it first, e.g. {name}.float()."
+        )
+    if x.numel() == 0:
+        raise InvalidTensorError(f"{name} is empty (shape {tuple(x.shape)}); there is nothing to quantize.")
+    check_finite(x, name)
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> None:
+    """Raise :class:`NonFiniteError` saying how many NaN/Inf values ``x`` holds and where the first one is."""
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    n_nan = int(torch.isnan(x).sum())
+    n_inf = int(bad.sum()) - n_nan
+    first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+    raise NonFiniteError(
+        f"{name} (shape {tuple(x.shape)}) holds {n_nan} NaN and {n_inf} Inf values; the first is at index {first}. "
+        "Find where they come from (a diverged training run, a bad checkpoint) or replace them with "
+        "torch.nan_to_num before quantizing."
+    )
+
+
+def check_bits(bits: int, low: int = 1, high: int = 16, what: str = "bit width") -> int:
+    """Return ``bits`` if ``low <= bits <= high``; raise :class:`BitWidthError` otherwise."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= high:
+        raise BitWidthError(f"{what} {bits!r} is out of range; use a whole number from {low} to {high}.")
+    return bits
+
+
+def check_group_size(group_size: int) -> int:
+    """Return ``group_size`` if it is a positive integer; raise :class:`GroupSizeError` otherwise."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise GroupSizeError(
+            f"group size {group_size!r} is invalid; use a positive whole number such as 32, 64 or 128 "
+            "(a group larger than the axis simply covers the whole row)."
+        )
+    return group_size
+
+
+def normalize_axis(axis: int, ndim: int) -> int:
+    """Turn a possibly negative ``axis`` into an index in ``range(ndim)``; raise :class:`AxisError` if invalid."""
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+        raise AxisError(
+            f"axis {axis!r} is out of range for a tensor with {ndim} dimension(s); "
+            f"use a value from {-ndim} to {ndim - 1}."
+        )
+    return axis % ndim
