@@ -26,7 +26,7 @@ class BinaryFormat(Format):
         return {"scale": ((), SCALE_DTYPES[scheme.scale_dtype])}
 
     def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
-        return {"scale": storage_scale(x.abs().mean(-1), SCALE_DTYPES[scheme.scale_dtype])}
+        return {"scale": storage_scale(x.abs().mean(-1), SCALE_DTYPES[scheme.scale_dtype], keep_zero=True)}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None

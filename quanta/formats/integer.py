@@ -1,7 +1,8 @@
 """Uniform integer grids of any width 1..16: symmetric, asymmetric (integer zero point) and float-offset.
 
-* ``sym``:  ``x_hat = (q - z0) * s`` with ``s = absmax / ((qmax - qmin) / 2)`` and ``z0 = 0`` for signed
-  formats (the midpoint ``2**(bits-1)`` for unsigned ones), as torch's symmetric observers do.
+* ``sym``:  ``x_hat = (q - z0) * s`` with ``z0 = 0`` for signed formats (the midpoint ``2**(bits-1)`` for
+  unsigned ones, as torch does) and the smallest ``s`` that does not clip: ``max(min(x,0)/qmin, max(x,0)/qmax)``
+  relative to ``z0`` (see :mod:`quanta.primitives.affine`).
 * ``asym``: ``x_hat = (q - z) * s``; the range is widened to include 0 and ``z`` is an integer code, so 0.0 is
   exact (needed for zero padding and ReLU outputs).
 * ``fmin``: ``x_hat = (q - qmin) * s + m`` with a float minimum ``m`` (HQQ, GGUF Q4_1): every level lies in the data.
@@ -63,7 +64,8 @@ class IntegerFormat(Format):
         if scheme.mode == "fmin":
             scale, offset = float_offset_qparams(x.amin(-1), x.amax(-1), qmin, qmax, dtype)
             return {"scale": scale, "offset": offset}
-        return {"scale": symmetric_scale(x.abs().amax(-1), qmin, qmax, dtype)}
+        zero = self._sym_zero()
+        return {"scale": symmetric_scale(x.amin(-1), x.amax(-1), qmin - zero, qmax - zero, dtype)}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None

@@ -61,6 +61,9 @@ class MiniFloatFormat(Format):
     def decode(self, codes: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
         return self.spec.decode(codes) * params["scale"].unsqueeze(-1).float()
 
+    def code_values(self, scheme: QScheme) -> torch.Tensor:
+        return torch.isfinite(self.spec.table).nonzero().reshape(-1).to(torch.int32)  # NaN/Inf codes are never made
+
     def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
         top = params["scale"].unsqueeze(-1).float() * self.spec.max_value
         return -top, top

@@ -28,8 +28,9 @@ NF4_OFFSET = 0.9677083
 @lru_cache(maxsize=1)
 def nf4_levels() -> torch.Tensor:
     """The 16 NF4 levels in ascending order, fp32, from -1 to 1."""
-    positive = torch.special.ndtri(torch.linspace(NF4_OFFSET, 0.5, 9, dtype=torch.float64)[:-1])
-    negative = -torch.special.ndtri(torch.linspace(NF4_OFFSET, 0.5, 8, dtype=torch.float64)[:-1])
+    # The probabilities are spaced in fp32, as in the QLoRA construction; the quantiles are taken in fp64.
+    positive = torch.special.ndtri(torch.linspace(NF4_OFFSET, 0.5, 9)[:-1].double())
+    negative = -torch.special.ndtri(torch.linspace(NF4_OFFSET, 0.5, 8)[:-1].double())
     levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative]).sort().values
     return (levels / levels.max()).float()
 

@@ -36,7 +36,7 @@ class TernaryFormat(Format):
         kept = mag > delta
         count = kept.sum(-1)
         a = torch.where(count > 0, (mag * kept).sum(-1) / count.clamp(min=1), torch.zeros_like(delta[..., 0]))
-        return {"scale": storage_scale(a, SCALE_DTYPES[scheme.scale_dtype]), "_delta": delta[..., 0]}
+        return {"scale": storage_scale(a, SCALE_DTYPES[scheme.scale_dtype], keep_zero=True), "_delta": delta[..., 0]}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None

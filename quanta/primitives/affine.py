@@ -5,8 +5,12 @@ Conventions follow torch's own quantize ops so that codes match them bit for bit
 * ``q = clamp(round_half_even(x * (1 / scale)) + zero, qmin, qmax)`` computed in fp32;
 * ``x_hat = (q - zero) * scale``.
 
-Symmetric scales use torch's formula ``scale = absmax / ((qmax - qmin) / 2)``: with the full int8 range
-``[-128, 127]`` that is ``absmax / 127.5``, with the narrow range ``[-127, 127]`` it is ``absmax / 127``.
+Symmetric scales never clip: ``scale = max(min(x, 0) / qmin, max(x, 0) / qmax)`` (torchao's
+"symmetric, no clipping error"). With the narrow range ``[-127, 127]`` that is ``absmax / 127``; with the full
+range ``[-128, 127]`` a group whose extreme is negative gets ``absmax / 128`` and uses the code -128, one whose
+extreme is positive gets ``absmax / 127``. Either way the extreme value is reproduced exactly, so quantizing a
+dequantized tensor gives back the same codes. (torch's observers use ``absmax / 127.5`` instead, which clips the
+positive extreme by half a step and is not idempotent.)
 """
 
 from __future__ import annotations
@@ -53,21 +57,35 @@ def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
     return qmin, qmax
 
 
-def storage_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Cast a scale to its storage dtype, keeping it finite and non-zero.
+def storage_scale(scale: torch.Tensor, dtype: torch.dtype, keep_zero: bool = False) -> torch.Tensor:
+    """Cast a scale to its storage dtype, keeping it finite and (unless ``keep_zero``) non-zero.
 
-    A zero range (a constant group) gives a zero scale; it becomes 1.0 so codes are computed without dividing by
-    zero (and a range too small for the dtype collapses to zero codes instead of NaN). Scales above the dtype's
-    largest finite value saturate.
+    A zero range (a constant group) gives a zero step; it becomes 1.0 so codes are computed without dividing by
+    zero (and a range too small for the dtype collapses to zero codes instead of NaN). Formats whose scale is a
+    level itself rather than a divisor (binary, ternary) pass ``keep_zero=True``. Scales above the dtype's largest
+    finite value saturate.
     """
     finfo = torch.finfo(dtype)
     s = scale.clamp(max=finfo.max).to(dtype)
+    if keep_zero:
+        return s
     return torch.where(s > 0, s, torch.ones((), dtype=dtype, device=s.device))
 
 
-def symmetric_scale(absmax: torch.Tensor, qmin: int, qmax: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Scale that maps ``[-absmax, absmax]`` onto ``[qmin, qmax]`` with a zero point of 0, in ``dtype``."""
-    return storage_scale(absmax.float() / ((qmax - qmin) / 2), dtype)
+def symmetric_scale(
+    xmin: torch.Tensor, xmax: torch.Tensor, qmin: int, qmax: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Smallest scale that represents ``[xmin, xmax]`` on codes ``[qmin, qmax]`` around a zero point of 0.
+
+    ``qmin < 0 <= qmax`` are the codes relative to the zero point. The result is in ``dtype``.
+
+    Example:
+        >>> symmetric_scale(torch.tensor(-2.0), torch.tensor(1.0), -8, 7)  # -2 -> code -8 exactly
+        tensor(0.2500)
+    """
+    neg = torch.clamp(xmin.float(), max=0) / qmin
+    pos = torch.clamp(xmax.float(), min=0) / qmax if qmax > 0 else torch.zeros_like(neg)
+    return storage_scale(torch.maximum(neg, pos), dtype)
 
 
 def affine_qparams(
