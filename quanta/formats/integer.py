@@ -64,8 +64,8 @@ class IntegerFormat(Format):
         if scheme.mode == "fmin":
             scale, offset = float_offset_qparams(x.amin(-1), x.amax(-1), qmin, qmax, dtype)
             return {"scale": scale, "offset": offset}
-        zero = self._sym_zero()
-        return {"scale": symmetric_scale(x.amin(-1), x.amax(-1), qmin - zero, qmax - zero, dtype)}
+        z0 = self._sym_zero()
+        return {"scale": symmetric_scale(x.amin(-1), x.amax(-1), qmin - z0, qmax - z0, dtype)}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None

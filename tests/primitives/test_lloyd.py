@@ -21,7 +21,8 @@ def test_reproduces_lloyd_max_distortions_on_normal_quantiles() -> None:
         assert abs(_distortion(x, levels) / expected - 1) < 0.005, bits
         if bits in LLOYD_MAX_LEVELS:
             positive = levels[levels > 0].tolist()
-            assert all(abs(a / b - 1) < 0.005 for a, b in zip(positive, LLOYD_MAX_LEVELS[bits])), (bits, positive)
+            expected_levels = LLOYD_MAX_LEVELS[bits]
+            assert all(abs(a / b - 1) < 0.005 for a, b in zip(positive, expected_levels, strict=True)), positive
 
 
 def test_reproduces_lloyd_max_distortions_on_random_samples() -> None:
