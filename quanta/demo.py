@@ -108,7 +108,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def load_or_train(cache_dir: Path, retrain: bool = False) -> tuple[DigitsCNN, Path, bool]:
+def load_or_train(cache_dir: Path, retrain: bool = False, epochs: int = 15) -> tuple[DigitsCNN, Path, bool]:
     """The cached model if present and valid, else a freshly trained one (then cached).
 
     Returns:
@@ -123,7 +123,7 @@ def load_or_train(cache_dir: Path, retrain: bool = False) -> tuple[DigitsCNN, Pa
         except (CorruptDataError, RuntimeError) as exc:
             log.warning("cached demo model %s is unusable (%s); retraining", path, exc)
     x_train, y_train, _, _ = digits_data()
-    model = train_digits_cnn(x_train, y_train)
+    model = train_digits_cnn(x_train, y_train, epochs=epochs)
     save_tensors(path, model.state_dict())
     return model, path, True
 

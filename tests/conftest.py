@@ -14,6 +14,10 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per xdist worker: two workers with two threads each on two cores thrash.
+    torch.set_num_threads(1)
+
 # One representative scheme per format family and mode; conformance tests run over all of them.
 ALL_SCHEMES = (
     "int8",

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+import torch
+
+from quanta.errors import GroupSizeError, InvalidTensorError
+from quanta.primitives import Grouping, cosine_similarity, from_2d, max_abs_error, mse, sqnr_db, to_2d
+
+
+def test_metrics_closed_forms() -> None:
+    x = torch.tensor([3.0, 4.0])
+    y = torch.tensor([3.0, 3.0])
+    assert mse(x, y) == 0.5
+    assert sqnr_db(x, y) == pytest.approx(10 * math.log10(25 / 1))
+    assert max_abs_error(x, y) == 1.0
+    assert cosine_similarity(x, y) == pytest.approx(21 / (5 * math.sqrt(18)))
+    assert sqnr_db(x, x) == math.inf
+    assert cosine_similarity(torch.zeros(3), torch.zeros(3)) == 1.0
+    with pytest.raises(InvalidTensorError, match="shapes"):
+        mse(x, torch.zeros(3))
+
+
+def test_grouping_counts_the_ragged_group() -> None:
+    g = Grouping(rows=2, cols=10, group_size=4)
+    assert g.n_groups == 3 and g.param_shape == (2, 3)
+    sums = g.reduce(lambda b: {"s": b.sum(-1)}, torch.arange(20.0).reshape(2, 10))
+    assert sums["s"].tolist() == [[6.0, 22.0, 17.0], [46.0, 62.0, 37.0]]
+    with pytest.raises(GroupSizeError):
+        Grouping(2, 10, 0)
+
+
+def test_to_2d_and_back() -> None:
+    x = torch.arange(24.0).reshape(2, 3, 4)
+    assert to_2d(x, None).shape == (2, 12)
+    assert torch.equal(from_2d(to_2d(x, None), x.shape, None), x)
+    for axis in (0, 1, 2, -1):
+        m = to_2d(x, axis)
+        assert m.shape[1] == x.shape[axis]
+        assert torch.equal(from_2d(m, x.shape, axis), x)

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+import quanta
+from quanta.cli import app
+
+runner = CliRunner()
+
+
+def test_version_and_help() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and quanta.__version__ in result.output
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "formats", "scheme"):
+        assert command in result.output
+
+
+def test_formats_lists_every_family() -> None:
+    result = runner.invoke(app, ["formats"])
+    assert result.exit_code == 0
+    for name in ("int8", "nf4", "fp8_e4m3", "q4.4", "binary", "ternary", "pot4", "lloyd3", "fp4_e2m1"):
+        assert name in result.output
+
+
+def test_scheme_explains_and_rejects() -> None:
+    result = runner.invoke(app, ["scheme", "int4:asym:g128"])
+    assert result.exit_code == 0 and "int4:g128:asym" in result.output and "zero" in result.output
+    result = runner.invoke(app, ["scheme", "int4:g0"])
+    assert result.exit_code == 2 and "group size" in result.output
+
+
+def test_demo_trains_caches_and_reports(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "trained and cached" in result.output and str(tmp_path) in result.output
+    assert (tmp_path / "digits_cnn-v1.safetensors").exists()
+    for scheme in ("int8:ch", "nf4:g64:sf16", "binary:ch", "lloyd3:ch:sf16"):
+        assert scheme in result.output
+    again = runner.invoke(app, ["demo", "--cache-dir", str(tmp_path)])
+    assert again.exit_code == 0 and "loaded cached" in again.output
