@@ -90,8 +90,12 @@ def demo(
     from quanta.demo import default_cache_dir, load_or_train, run_demo
 
     start = time.perf_counter()
-    with console.status("loading or training the digits CNN..."):
-        model, path, trained = load_or_train(cache_dir or default_cache_dir(), retrain)
+    try:
+        with console.status("loading or training the digits CNN..."):
+            model, path, trained = load_or_train(cache_dir or default_cache_dir(), retrain)
+    except QuantaError as exc:
+        _fail(exc)
+        return
     console.print(f"{'trained and cached' if trained else 'loaded cached'} digits CNN: {path}")
     with console.status("quantizing with every format..."):
         baseline, rows = run_demo(model)

@@ -6,8 +6,6 @@ scheme's format fit parameters and encode, then pack (:class:`QTensor`) or decod
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from quanta.errors import InvalidTensorError
@@ -15,6 +13,7 @@ from quanta.formats.base import Params
 from quanta.primitives.checks import check_float_tensor, normalize_axis
 from quanta.primitives.groups import Grouping
 from quanta.primitives.packing import pack
+from quanta.primitives.ste import straight_through
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor, grouping_for, view_2d
 
@@ -91,20 +90,6 @@ def dequantize(qt: QTensor) -> torch.Tensor:
     return qt.dequantize()
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the quantized values. Backward: the gradient where the input was inside the grid's range."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, xq: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inside)
-        return xq
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None
-
-
 def fake_quantize(
     x: torch.Tensor,
     scheme: QScheme | str,
@@ -137,7 +122,7 @@ def fake_quantize(
         axis = None if axis is None else normalize_axis(axis, max(x.dim(), 1))
         xq = _restore(values, x.shape, scheme, axis).to(x.dtype)
         mask = _restore(inside, x.shape, scheme, axis).to(x.dtype)
-    return _StraightThrough.apply(x, xq, mask)
+    return straight_through(x, xq, mask)
 
 
 def _restore(x2d: torch.Tensor, shape: torch.Size, scheme: QScheme, axis: int | None) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from quanta.codec import quantize_tensor
-from quanta.errors import CorruptDataError
+from quanta.errors import CorruptDataError, QuantaError
 from quanta.io import load_tensors, save_tensors
 from quanta.primitives.metrics import sqnr_db
 
@@ -78,7 +78,12 @@ def digits_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
     The split is a seeded 80/20 permutation.
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise QuantaError(
+            "the demo needs scikit-learn for its bundled digits data: pip install 'quanta[demo]' (or run make demo)."
+        ) from exc
 
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0

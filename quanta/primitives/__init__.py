@@ -14,6 +14,7 @@ from quanta.primitives.metrics import cosine_similarity, max_abs_error, mse, sqn
 from quanta.primitives.minifloat import MiniFloat
 from quanta.primitives.packing import pack, packed_nbytes, unpack
 from quanta.primitives.rounding import round_values, stochastic_round
+from quanta.primitives.ste import fake_quantize_affine, straight_through
 
 __all__ = [
     "Grouping",
@@ -21,6 +22,7 @@ __all__ = [
     "affine_qparams",
     "cosine_similarity",
     "dequantize_affine",
+    "fake_quantize_affine",
     "float_offset_qparams",
     "from_2d",
     "int_range",
@@ -34,6 +36,7 @@ __all__ = [
     "round_values",
     "sqnr_db",
     "stochastic_round",
+    "straight_through",
     "symmetric_scale",
     "to_2d",
     "unpack",
