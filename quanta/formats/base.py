@@ -22,11 +22,21 @@ from typing import TYPE_CHECKING
 import torch
 
 from quanta.errors import UnknownFormatError
+from quanta.primitives.affine import storage_scale
 
 if TYPE_CHECKING:
     from quanta.scheme import QScheme
 
-__all__ = ["Format", "FormatFamily", "Params", "families", "get_format", "int_storage_dtype", "register_family"]
+__all__ = [
+    "AbsmaxScaled",
+    "Format",
+    "FormatFamily",
+    "Params",
+    "families",
+    "get_format",
+    "int_storage_dtype",
+    "register_family",
+]
 
 Params = dict[str, torch.Tensor]
 
@@ -105,6 +115,21 @@ class Format(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+class AbsmaxScaled(Format):
+    """A fixed grid within ``[-max_level, max_level]`` stretched by one scale per group: ``absmax / max_level``.
+
+    The group's largest magnitude lands exactly on the grid's largest level (NF4, power-of-two, minifloats).
+    """
+
+    max_level: float = 1.0
+
+    def param_spec(self, scheme: QScheme) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {"scale": ((), SCALE_DTYPES[scheme.scale_dtype])}
+
+    def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
+        return {"scale": storage_scale(x.abs().amax(-1) / self.max_level, SCALE_DTYPES[scheme.scale_dtype])}
 
 
 @dataclass(frozen=True)

@@ -18,27 +18,20 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from quanta.formats.base import SCALE_DTYPES, Format, Params, register_family
-from quanta.primitives.affine import storage_scale
+from quanta.formats.base import AbsmaxScaled, Format, Params, register_family
 from quanta.primitives.checks import check_bits
 
 if TYPE_CHECKING:
     from quanta.scheme import QScheme
 
 
-class PowerOfTwoFormat(Format):
+class PowerOfTwoFormat(AbsmaxScaled):
     def __init__(self, bits: int) -> None:
         # Beyond 8 bits the smallest level 2**(1-K) underflows fp32.
         self.bits = check_bits(bits, 2, 8, what="power-of-two bit width")
         self.name = f"pot{bits}"
         self.max_code = (1 << (bits - 1)) - 1
         self.summary = f"sign + {bits - 1}-bit exponent, levels ±scale * 2^-k, k = 0..{self.max_code - 1}, and 0"
-
-    def param_spec(self, scheme: QScheme) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return {"scale": ((), SCALE_DTYPES[scheme.scale_dtype])}
-
-    def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
-        return {"scale": storage_scale(x.abs().amax(-1), SCALE_DTYPES[scheme.scale_dtype])}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from quanta.formats.base import SCALE_DTYPES, Format, Params, register_family
-from quanta.primitives.affine import storage_scale
+from quanta.formats.base import AbsmaxScaled, Format, Params, register_family
 from quanta.primitives.minifloat import MiniFloat
 
 if TYPE_CHECKING:
@@ -36,21 +35,15 @@ MINIFLOATS: dict[str, MiniFloat] = {
 }
 
 
-class MiniFloatFormat(Format):
+class MiniFloatFormat(AbsmaxScaled):
     roundings = ("rne", "sr")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.spec = MINIFLOATS[name]
         self.bits = self.spec.bits
+        self.max_level = self.spec.max_value
         self.summary = f"{self.bits}-bit float, {self.spec.exp_bits} exponent and {self.spec.man_bits} mantissa bits"
-
-    def param_spec(self, scheme: QScheme) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return {"scale": ((), SCALE_DTYPES[scheme.scale_dtype])}
-
-    def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
-        absmax = x.abs().amax(-1)
-        return {"scale": storage_scale(absmax / self.spec.max_value, SCALE_DTYPES[scheme.scale_dtype])}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from quanta.formats.base import SCALE_DTYPES, Format, Params, register_family
-from quanta.primitives.affine import storage_scale
+from quanta.formats.base import AbsmaxScaled, Format, Params, register_family
 from quanta.primitives.lloyd import nearest_level
 
 if TYPE_CHECKING:
@@ -35,16 +34,10 @@ def nf4_levels() -> torch.Tensor:
     return (levels / levels.max()).float()
 
 
-class NF4Format(Format):
+class NF4Format(AbsmaxScaled):
     name = "nf4"
     bits = 4
     summary = "4-bit NormalFloat (QLoRA): normal quantiles times absmax"
-
-    def param_spec(self, scheme: QScheme) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return {"scale": ((), SCALE_DTYPES[scheme.scale_dtype])}
-
-    def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
-        return {"scale": storage_scale(x.abs().amax(-1), SCALE_DTYPES[scheme.scale_dtype])}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
