@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quanta._version import __version__
@@ -39,7 +40,7 @@ def main(
 
 
 def _fail(exc: QuantaError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(code=2)
 
 
@@ -69,13 +70,19 @@ def scheme(text: Annotated[str, typer.Argument(help="A scheme string such as int
         return
     fmt = s.fmt
     console.print(f"canonical: [bold]{s}[/]")
-    console.print(f"format:    {fmt.name} - {fmt.summary} ({fmt.bits} bits per code)")
-    grain = {"tensor": "per tensor", "channel": "per output channel", "group": f"groups of {s.group_size}"}
-    console.print(f"grouping:  {grain[s.granularity]} along the reduction dimension")
-    console.print(f"mode:      {s.mode}{', narrow range' if s.narrow else ''}; scale dtype {s.scale_dtype}")
+    console.print(f"format:    {fmt.name} - {fmt.summary} ({fmt.bits} bit{'s' if fmt.bits > 1 else ''} per code)")
+    grain = {
+        "tensor": "one group: the whole tensor",
+        "channel": "one group per output channel, along the reduction dimension",
+        "group": f"groups of {s.group_size} along the reduction dimension",
+    }
+    console.print(f"grouping:  {grain[s.granularity]}")
+    spec = fmt.param_spec(s)
+    dtype_note = f"; parameters stored as {s.scale_dtype}" if spec else ""
+    console.print(f"mode:      {s.mode}{', narrow range' if s.narrow else ''}{dtype_note}")
     console.print(f"rounding:  {'round half to even' if s.rounding == 'rne' else 'stochastic'}")
-    stored = ", ".join(f"{k} {tuple(t)} {str(d).removeprefix('torch.')}" for k, (t, d) in fmt.param_spec(s).items())
-    console.print(f"stores:    packed codes{', ' + stored if stored else ''} per group")
+    stored = ", ".join(f"{k} {str(d).removeprefix('torch.')}{list(t) if t else ''}" for k, (t, d) in spec.items())
+    console.print(f"stores:    packed codes{' + per group: ' + stored if stored else ' only (fixed grid)'}")
 
 
 @app.command()
@@ -83,7 +90,10 @@ def demo(
     retrain: Annotated[bool, typer.Option(help="Retrain the demo model even if a cached one exists.")] = False,
     cache_dir: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Where the trained demo model is cached (default: $QUANTA_CACHE or ~/.cache/quanta)."),
+        typer.Option(
+            help="Where the trained demo model is cached (default: $QUANTA_CACHE, else $XDG_CACHE_HOME/quanta, "
+            "else ~/.cache/quanta)."
+        ),
     ] = None,
 ) -> None:
     """Train a small CNN on scikit-learn's digits (cached) and quantize its weights with every format."""

@@ -101,8 +101,9 @@ def fake_quantize(
     """Quantize and dequantize in one step, with a straight-through estimator for the gradient.
 
     The result equals ``dequantize(quantize_tensor(x, scheme))`` (same shape and dtype as ``x``). Its gradient
-    with respect to ``x`` is the incoming gradient where ``x`` lies inside its group's representable range and
-    zero outside (clipped values get no gradient). Scales are treated as constants.
+    with respect to ``x`` is the incoming gradient where encoding did not clip ``x`` and zero where it did: for
+    integer and fixed-point grids, torch's rule (the unclamped code ``round(x / scale) + zero`` is in range); for
+    the other grids, ``x`` inside the group's smallest and largest level. Scales are treated as constants.
 
     Example:
         >>> w = torch.randn(8, 16, requires_grad=True)
@@ -114,11 +115,7 @@ def fake_quantize(
         fmt = scheme.fmt
         values = grouping.map(lambda c, p: fmt.decode(c, p, scheme), codes, params)
 
-        def inside_range(xb: torch.Tensor, pb: Params) -> torch.Tensor:
-            lo, hi = fmt.clip_range(pb, scheme)
-            return ((xb >= lo) & (xb <= hi)).float()
-
-        inside = grouping.map(inside_range, x2d, params)
+        inside = grouping.map(lambda xb, pb: fmt.inside(xb, pb, scheme).float(), x2d, params)
         axis = None if axis is None else normalize_axis(axis, max(x.dim(), 1))
         xq = _restore(values, x.shape, scheme, axis).to(x.dtype)
         mask = _restore(inside, x.shape, scheme, axis).to(x.dtype)

@@ -80,7 +80,10 @@ class QScheme:
     observer: str | None = None
 
     def __post_init__(self) -> None:
-        fmt = get_format(self.format)  # raises UnknownFormatError / BitWidthError
+        if not isinstance(self.format, str):
+            raise SchemeError(f"format must be a string such as 'int4', got {self.format!r}.")
+        fmt = get_format(self.format.strip().lower())  # raises UnknownFormatError / BitWidthError
+        object.__setattr__(self, "format", fmt.name)  # canonical spelling: "INT04" -> "int4"
         if self.granularity not in ("tensor", "channel", "group"):
             raise SchemeError(f"granularity {self.granularity!r} is invalid; use 'tensor', 'channel' or 'group'.")
         if self.granularity == "group":

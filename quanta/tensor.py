@@ -142,8 +142,19 @@ class QTensor:
         if axis is not None and not isinstance(axis, int):
             raise CorruptDataError(f"quantized tensor{where} has axis {axis!r}; expected an integer or null.")
         codes = tensors[f"{prefix}{CODES_KEY}"]
+        want_dtype = torch.int16 if scheme.bits > 8 else torch.uint8
+        if codes.dtype != want_dtype:
+            raise CorruptDataError(
+                f"quantized tensor{where}: codes are {codes.dtype}, "
+                f"but {scheme.bits}-bit codes are packed as {want_dtype}."
+            )
         qt = cls(codes=codes, params={}, scheme=scheme, shape=shape, dtype=dtype, axis=axis)
-        grouping = qt.grouping
+        try:
+            grouping = qt.grouping
+        except (QuantaError, RuntimeError, ValueError) as exc:
+            raise CorruptDataError(
+                f"quantized tensor{where}: shape {list(shape)} with axis {axis} is inconsistent: {exc}"
+            ) from exc
         for name, (trailing, param_dtype) in scheme.fmt.param_spec(scheme).items():
             value = tensors.get(f"{prefix}{name}")
             expected = (*grouping.param_shape, *trailing)

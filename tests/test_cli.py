@@ -40,3 +40,8 @@ def test_demo_trains_caches_and_reports(tmp_path: Path) -> None:
         assert scheme in result.output
     again = runner.invoke(app, ["demo", "--cache-dir", str(tmp_path)])
     assert again.exit_code == 0 and "loaded cached" in again.output
+
+
+def test_error_messages_keep_square_brackets() -> None:
+    result = runner.invoke(app, ["scheme", "int4:[x]"])
+    assert result.exit_code == 2 and "'[x]'" in result.output

@@ -138,3 +138,28 @@ def test_scalar_and_vector_inputs() -> None:
     assert quanta.quantize_tensor(torch.tensor(0.7), "int8").dequantize().shape == ()
     v = torch.linspace(-1, 1, 9)
     assert torch.allclose(quanta.quantize_tensor(v, "int8:ch").dequantize(), v, atol=1 / 127)
+
+
+@pytest.mark.parametrize("scale_dtype", ["sf32", "sf16", "sbf16"])
+@pytest.mark.parametrize("scheme", ["int16:ch", "int8:ch", "uint12:ch:asym", "int4:g32", "int10:g64:fmin"])
+def test_no_value_is_clipped_whatever_the_scale_dtype(scheme: str, scale_dtype: str, gen: torch.Generator) -> None:
+    x = torch.randn(16, 128, generator=gen) * 3
+    qt = quanta.quantize_tensor(x, f"{scheme}:{scale_dtype}")
+    g = qt.grouping
+    step = qt.params["scale"].float().repeat_interleave(g.group_size, dim=1)[:, : g.cols]
+    lo_hi = x.abs() + qt.params.get("offset", torch.zeros(1)).float().abs().amax()
+    tol = step * 0.5 + 4 * torch.finfo(torch.float32).eps * (lo_hi + step * 2**qt.scheme.bits)
+    assert torch.all((x - qt.dequantize()).abs() <= tol)
+
+
+def test_asymmetric_minimum_keeps_its_gradient_like_torch() -> None:
+    x = torch.tensor([-0.9, 0.0, 0.5, 2.1], requires_grad=True)
+    y = quanta.fake_quantize(x, "uint4:tensor:asym")
+    y.sum().backward()
+    qt = quanta.quantize_tensor(x.detach(), "uint4:tensor:asym")
+    x2 = x.detach().clone().requires_grad_()
+    ref = torch.fake_quantize_per_tensor_affine(x2, float(qt.params["scale"]), int(qt.params["zero"]), 0, 15)
+    ref.sum().backward()
+    assert torch.equal(y, ref)
+    assert x.grad is not None and x2.grad is not None
+    assert x.grad.tolist() == x2.grad.tolist() == [1.0, 1.0, 1.0, 1.0]

@@ -121,3 +121,10 @@ def test_dataclass_validation_matches_parse() -> None:
     with pytest.raises(SchemeError, match="only goes with"):
         QScheme("int4", "channel", 32)
     assert QScheme.parse("int4:g32").replace(mode="asym") == QScheme.parse("int4:g32:asym")
+
+
+def test_format_names_are_canonicalised() -> None:
+    assert QScheme.parse("INT04:G32") == QScheme.parse("int4:g32")
+    assert str(QScheme.parse("int04")) == "int4"
+    assert QScheme("Q04.4").format == "q4.4"
+    assert QScheme("LLOYD03", "channel").format == "lloyd3"

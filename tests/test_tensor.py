@@ -83,3 +83,40 @@ def test_failed_write_leaves_old_file_and_no_temp(
         save_tensors(path, qt.to_dict())
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["w.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"axis": 5}, "inconsistent"),
+        ({"shape": [-16, 96]}, "inconsistent"),
+        ({"dtype": "int8"}, "not a float dtype"),
+    ],
+)
+def test_inconsistent_metadata(qt: quanta.QTensor, change: dict, words: str) -> None:
+    import json
+
+    meta = {"format_version": 1, "scheme": str(qt.scheme), "shape": [16, 96], "dtype": "float32", "axis": None}
+    meta.update(change)
+    flat = qt.to_dict()
+    flat["qmeta"] = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)
+    with pytest.raises(CorruptDataError, match=words):
+        quanta.QTensor.from_dict(flat)
+
+
+def test_codes_of_the_wrong_dtype(qt: quanta.QTensor) -> None:
+    flat = qt.to_dict()
+    flat["codes"] = flat["codes"].view(torch.int8)
+    with pytest.raises(CorruptDataError, match=r"packed as torch\.uint8"):
+        quanta.QTensor.from_dict(flat)
+
+
+def test_saved_files_get_ordinary_permissions(qt: quanta.QTensor, tmp_path: object) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_tensors(f"{tmp_path}/w.safetensors", qt.to_dict())
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -94,12 +94,17 @@ class Format(ABC):
         """fp32 values of int32 codes ``(rows, n, g)`` given this block's stored parameters."""
 
     def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
-        """Smallest and largest representable value of each group, shaped ``(rows, n, 1)``.
-
-        The straight-through estimator passes gradients only for inputs inside this range.
-        """
+        """Smallest and largest representable value of each group, shaped ``(rows, n, 1)``."""
         values = self.levels(params, scheme)
         return values.amin(-1, keepdim=True), values.amax(-1, keepdim=True)
+
+    def inside(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
+        """Boolean mask of the values of ``x`` ``(rows, n, g)`` that encoding does not clip.
+
+        The straight-through estimator passes gradients only there. By default: inside :meth:`clip_range`.
+        """
+        lo, hi = self.clip_range(params, scheme)
+        return (x >= lo) & (x <= hi)
 
     def levels(self, params: Params, scheme: QScheme) -> torch.Tensor:
         """Every representable value of each group, ``(rows, n, 2**bits)`` (small formats only)."""

@@ -52,6 +52,11 @@ class FixedPointFormat(Format):
     def decode(self, codes: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
         return codes.float() * self.step
 
+    def inside(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
+        qmin, qmax = int_range(self.bits, signed=True)
+        raw = torch.round(x * (1.0 / self.step))
+        return (raw >= qmin) & (raw <= qmax)
+
     def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
         qmin, qmax = int_range(self.bits, signed=True)
         return torch.tensor(qmin * self.step), torch.tensor(qmax * self.step)

@@ -88,6 +88,18 @@ class IntegerFormat(Format):
             return dequantize_affine(codes, scale, qmin) + params["offset"].unsqueeze(-1).float()
         return dequantize_affine(codes, scale, self._sym_zero())
 
+    def inside(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
+        # torch's fake-quantize rule: the unclamped code round(x / s) + z lies in [qmin, qmax].
+        qmin, qmax = self.qrange(scheme)
+        inv = 1.0 / params["scale"].unsqueeze(-1).float()
+        if scheme.mode == "asym":
+            raw = torch.round(x * inv) + params["zero"].unsqueeze(-1).float()
+        elif scheme.mode == "fmin":
+            raw = torch.round((x - params["offset"].unsqueeze(-1).float()) * inv) + qmin
+        else:
+            raw = torch.round(x * inv) + self._sym_zero()
+        return (raw >= qmin) & (raw <= qmax)
+
     def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
         qmin, qmax = self.qrange(scheme)
         ones = torch.ones_like(params["scale"], dtype=torch.int32).unsqueeze(-1)

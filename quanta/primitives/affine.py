@@ -58,17 +58,21 @@ def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
 
 
 def storage_scale(scale: torch.Tensor, dtype: torch.dtype, keep_zero: bool = False) -> torch.Tensor:
-    """Cast a scale to its storage dtype, keeping it finite and (unless ``keep_zero``) non-zero.
+    """Cast a step size to its storage dtype, rounding up, keeping it finite and (unless ``keep_zero``) non-zero.
 
-    A zero range (a constant group) gives a zero step; it becomes 1.0 so codes are computed without dividing by
-    zero (and a range too small for the dtype collapses to zero codes instead of NaN). Formats whose scale is a
-    level itself rather than a divisor (binary, ternary) pass ``keep_zero=True``. Scales above the dtype's largest
-    finite value saturate.
+    Rounding up matters for fp16/bf16: a step rounded down would clip the group's extreme values (by many steps
+    at high bit widths). A zero range (a constant group) gives a zero step; it becomes 1.0 so codes are computed
+    without dividing by zero (and a range too small for the dtype collapses to zero codes instead of NaN).
+    Formats whose scale is a level itself rather than a step (binary, ternary) pass ``keep_zero=True`` and get the
+    nearest value instead. Scales above the dtype's largest finite value saturate.
     """
     finfo = torch.finfo(dtype)
-    s = scale.clamp(max=finfo.max).to(dtype)
+    s = scale.float().clamp(max=finfo.max).to(dtype)
     if keep_zero:
         return s
+    low = s.float() < scale.float().clamp(max=finfo.max)
+    if bool(low.any()):
+        s = torch.where(low, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
     return torch.where(s > 0, s, torch.ones((), dtype=dtype, device=s.device))
 
 
@@ -117,6 +121,8 @@ def float_offset_qparams(
         ``(scale, offset)``, both in ``dtype``.
     """
     offset = xmin.float().to(dtype)
+    high = offset.float() > xmin.float()  # rounded up past the minimum: step down one ulp to keep it covered
+    offset = torch.where(high, torch.nextafter(offset, torch.full_like(offset, float("-inf"))), offset)
     scale = storage_scale((xmax.float() - offset.float()) / (qmax - qmin), dtype)
     return scale, offset
 

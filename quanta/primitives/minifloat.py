@@ -7,9 +7,10 @@ A minifloat with ``e`` exponent bits, ``m`` mantissa bits and exponent bias ``b`
 
 The encoder works on magnitudes in fp32: within the binade of ``a`` (or the subnormal binade) the spacing
 is ``2^(floor(log2 a) - m)``, so ``round(a / spacing) * spacing`` is the round-to-nearest-even result. Values
-beyond the largest finite value saturate to it (torch's plain casts turn them into NaN/Inf), which is what a
-quantizer wants. Codes are the format's bit patterns ``s | exponent | mantissa``, identical to the bytes
-torch's ``float8_e4m3fn`` / ``float8_e5m2`` casts produce in range.
+beyond the largest finite value saturate to it, which is what a quantizer wants (torch's plain casts are not
+consistent about it: in torch 2.13 ``float8_e5m2`` overflows to inf while ``float8_e4m3fn`` saturates).
+Codes are the format's bit patterns ``s | exponent | mantissa``, identical to the bytes torch's
+``float8_e4m3fn`` / ``float8_e5m2`` casts produce in range.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class MiniFloat:
         unit = torch.where(normal, exponent, torch.full_like(exponent, self.min_exponent)) - self.man_bits
         mantissa = torch.ldexp(mag, -unit).to(torch.int32) - torch.where(normal, 1 << self.man_bits, 0)
         sign = torch.signbit(v).to(torch.int32) << (self.exp_bits + self.man_bits)
-        return sign | (field.to(torch.int32) << self.man_bits) | mantissa
+        return (sign | (field.to(torch.int32) << self.man_bits) | mantissa).to(torch.int32)
 
     @cached_property
     def table(self) -> torch.Tensor:
