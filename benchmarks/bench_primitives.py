@@ -178,10 +178,15 @@ def measure(tasks: dict[tuple[str, str], Callable[[], object]], rounds: int) -> 
 
 
 def print_table(console: Console, table: Table) -> None:
-    """Print a markdown-style table without the blank, space-padded lines rich puts around it."""
+    """Print a table as markdown that pastes as is into BENCHMARKS.md (right-aligned columns marked ``---:``)."""
     with console.capture() as captured:
         console.print(table)
-    print("\n".join(line.rstrip() for line in captured.get().splitlines() if line.strip()))
+    lines = [line.rstrip() for line in captured.get().splitlines() if line.strip()]
+    # rich's MARKDOWN box draws the header rule without alignment marks; add them.
+    widths = [len(cell) for cell in lines[1].strip("|").split("|")]
+    marks = ["-" * (w - 1) + (":" if c.justify == "right" else "-") for w, c in zip(widths, table.columns, strict=True)]
+    lines[1] = "|" + "|".join(marks) + "|"
+    print("\n".join(lines))
 
 
 def fmt_rate(gbps: float) -> str:
@@ -307,12 +312,15 @@ def main(argv: list[str] | None = None) -> None:
         peers.add_row(t.name, fmt_rate(torch_rate), *cells)
     print_table(console, peers)
 
-    spread = {key: max(v) / min(v) for key, v in times.items()}
-    worst = max(spread, key=lambda k: spread[k])
-    console.print(
-        f"\nRound-to-round spread (slowest / fastest round) per measurement: median "
-        f"{statistics.median(spread.values()):.2f}x, worst {spread[worst]:.2f}x ({' '.join(worst)})."
-    )
+    if rounds > 1:
+        spread = {key: max(v) / min(v) for key, v in times.items()}
+        worst = max(spread, key=lambda k: spread[k])
+        console.print(
+            f"\nRound-to-round spread (slowest / fastest round) per measurement: median "
+            f"{statistics.median(spread.values()):.2f}x, worst {spread[worst]:.2f}x ({' '.join(worst)})."
+        )
+    else:
+        console.print("\nOne round only: no spread to report; use --rounds 5 or more for numbers to keep.")
     console.print(f"Command: {command_line()}")
 
 

@@ -87,11 +87,11 @@ class Format(ABC):
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """int32 codes for fp32 blocks ``x`` ``(rows, n, g)`` given this block's parameters."""
+        """Integer codes (int32, or a narrower integer dtype) for fp32 blocks ``x`` ``(rows, n, g)``."""
 
     @abstractmethod
     def decode(self, codes: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
-        """fp32 values of int32 codes ``(rows, n, g)`` given this block's stored parameters."""
+        """fp32 values of integer codes ``(rows, n, g)`` given this block's stored parameters."""
 
     def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
         """Smallest and largest representable value of each group, shaped ``(rows, n, 1)``."""

@@ -26,6 +26,9 @@ from quanta.primitives.minifloat import MiniFloat
 if TYPE_CHECKING:
     from quanta.scheme import QScheme
 
+# Formats torch can cast to: the same round-to-nearest-even (tests check it byte for byte), in one fused pass.
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
 MINIFLOATS: dict[str, MiniFloat] = {
     "fp8_e4m3": MiniFloat(exp_bits=4, man_bits=3, bias=7, max_value=448.0),
     "fp8_e5m2": MiniFloat(exp_bits=5, man_bits=2, bias=15, max_value=57344.0),
@@ -49,10 +52,18 @@ class MiniFloatFormat(AbsmaxScaled):
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
     ) -> torch.Tensor:
         inv = 1.0 / params["scale"].unsqueeze(-1).float()
+        dtype = TORCH_DTYPES.get(self.name)
+        if dtype is not None and scheme.rounding == "rne":
+            # Clamp first: torch's cast does not saturate for every dtype (e5m2 overflows to inf).
+            top = self.spec.max_value
+            return (x * inv).clamp_(-top, top).to(dtype).view(torch.uint8)
         return self.spec.encode(x * inv, scheme.rounding, generator)
 
     def decode(self, codes: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
-        return self.spec.decode(codes) * params["scale"].unsqueeze(-1).float()
+        dtype = TORCH_DTYPES.get(self.name)
+        # The table lookup makes a new tensor too, so scaling in place below is safe on either path.
+        values = codes.to(torch.uint8).view(dtype).float() if dtype is not None else self.spec.decode(codes)
+        return values.mul_(params["scale"].unsqueeze(-1).float())
 
     def code_values(self, scheme: QScheme) -> torch.Tensor:
         return torch.isfinite(self.spec.table).nonzero().reshape(-1).to(torch.int32)  # NaN/Inf codes are never made

@@ -138,10 +138,16 @@ def quantize_affine(
 ) -> torch.Tensor:
     """Integer codes ``clamp(round(x * (1 / scale)) + zero, qmin, qmax)`` as int32 (``scale``/``zero`` broadcast)."""
     inv = 1.0 / scale.float()
-    q = round_values(x.float() * inv, rounding, generator) + zero
-    return q.clamp(qmin, qmax).to(torch.int32)
+    q = x.float() * inv  # a fresh tensor: the steps below work in place on it
+    q = round_values(q, rounding, generator) if rounding == "sr" else q.round_()
+    if not (isinstance(zero, int) and zero == 0):
+        q += zero
+    return q.clamp_(qmin, qmax).to(torch.int32)
 
 
 def dequantize_affine(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | int = 0) -> torch.Tensor:
     """``(codes - zero) * scale`` in fp32."""
-    return (codes - zero).float() * scale.float()
+    values = codes.float()
+    if not (isinstance(zero, int) and zero == 0):
+        values -= zero
+    return values.mul_(scale.float())

@@ -44,15 +44,27 @@ def pack(codes: torch.Tensor, bits: int, signed: bool = False) -> torch.Tensor:
     check_bits(bits)
     if codes.is_floating_point() or codes.is_complex():
         raise InvalidTensorError(f"codes must be an integer tensor, got {codes.dtype}.")
-    mask = (1 << bits) - 1
-    raw = codes.reshape(-1).to(torch.int64) & mask  # two's complement pattern of the code's width
-    if bits > 8:
-        # Reinterpret the 16-bit pattern as int16 without overflow: values >= 2**15 wrap to negatives.
-        return torch.where(raw >= 1 << 15, raw - (1 << 16), raw).to(torch.int16)
-    count = raw.numel()
+    flat = codes.reshape(-1)
+    count = flat.numel()
     if bits == 8:
-        return raw.to(torch.uint8)
-    # Eight codes of `bits` bits fill exactly `bits` bytes: assemble them in an int64 word, then split it.
+        return flat.to(torch.uint8)  # integer casts wrap modulo 256: two's complement for signed codes
+    if bits > 8:
+        # Keep only the code's own bits, then reinterpret as int16 (the cast wraps modulo 2**16).
+        return (flat.to(torch.int32) & ((1 << bits) - 1)).to(torch.int16)
+    if 8 % bits == 0:
+        # 1, 2 or 4 bits: whole codes per byte, combined in uint8 without widening.
+        per = 8 // bits
+        small = flat.to(torch.uint8) & ((1 << bits) - 1)
+        pad = (-count) % per
+        if pad:
+            small = torch.cat([small, small.new_zeros(pad)])
+        lanes = small.reshape(-1, per)
+        out = lanes[:, 0].clone()
+        for i in range(1, per):
+            out |= lanes[:, i] << (bits * i)
+        return out
+    # 3, 5, 6 or 7 bits: eight codes fill exactly `bits` bytes; assemble them in an int64 word, then split it.
+    raw = flat.to(torch.int64) & ((1 << bits) - 1)
     pad = (-count) % 8
     if pad:
         raw = torch.cat([raw, raw.new_zeros(pad)])
@@ -77,10 +89,20 @@ def unpack(packed: torch.Tensor, bits: int, count: int, signed: bool = False) ->
             f"packed codes are {packed.dtype} with {packed.numel()} elements, but {count} codes of {bits} bits "
             f"need a 1-D {want_dtype} tensor of {expected} bytes; the data is truncated or was packed differently."
         )
+    if bits == 8:
+        return (packed.view(torch.int8) if signed else packed).to(torch.int32)
     if bits > 8:
-        raw = packed.to(torch.int32) & 0xFFFF
-    elif bits == 8:
-        raw = packed.to(torch.int32)
+        raw = packed.to(torch.int32) & ((1 << bits) - 1)
+    elif 8 % bits == 0:
+        per, mask = 8 // bits, (1 << bits) - 1
+        if signed:
+            # Shift the lane to the top of the byte, reinterpret as int8, then shift back arithmetically:
+            # the sign bit is extended for free.
+            top = 8 - bits
+            lanes = [((packed << (top - bits * i)).view(torch.int8) >> top) for i in range(per)]
+            return torch.stack(lanes, dim=1).reshape(-1)[:count].to(torch.int32)
+        lanes = [(packed >> (bits * i)) & mask for i in range(per)]
+        raw = torch.stack(lanes, dim=1).reshape(-1)[:count].to(torch.int32)
     else:
         pad = (-packed.numel()) % bits
         stream = packed.to(torch.int64)

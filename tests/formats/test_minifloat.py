@@ -78,3 +78,19 @@ def test_stochastic_rounding_is_unbiased_and_reproducible() -> None:
     assert abs(float(draws.mean()) - 2.4) < 0.01  # standard error ~0.001
     again = spec.round(x, "sr", torch.Generator().manual_seed(1))
     assert torch.equal(draws, again)
+
+
+def test_bit_pattern_rounding_equals_the_arithmetic_definition(gen: torch.Generator) -> None:
+    # Two independent implementations of round-to-nearest-even: fp32 bit manipulation (used for speed) and
+    # per-binade spacing arithmetic (used for stochastic rounding). Every level, every midpoint, random values.
+    for name, spec in MINIFLOATS.items():
+        finite = spec.table[torch.isfinite(spec.table)].sort().values
+        x = torch.cat(
+            [
+                torch.randn(50_000, generator=gen) * spec.max_value / 3,
+                finite,
+                (finite[:-1] + finite[1:]) / 2,
+                torch.tensor([1e-30, -1e-30, 1e-40, spec.max_value * 10]),
+            ]
+        )
+        assert torch.equal(spec.encode(x), spec._codes_of_values(spec._round_arithmetic(x, "rne", None))), name
