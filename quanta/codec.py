@@ -20,14 +20,10 @@ from quanta.tensor import QTensor, grouping_for, view_2d
 __all__ = ["dequantize", "fake_quantize", "quantize_tensor"]
 
 
-def _encode(
-    x: torch.Tensor,
-    scheme: QScheme,
-    axis: int | None,
-    weight: torch.Tensor | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, Params, Grouping, torch.Tensor]:
-    """Validate, fit and encode. Returns ``(codes (rows, cols) int32, all params, grouping, x2d fp32)``."""
+def _fit(
+    x: torch.Tensor, scheme: QScheme, axis: int | None, weight: torch.Tensor | None
+) -> tuple[Params, Grouping, torch.Tensor]:
+    """Validate and fit. Returns ``(all params, grouping, x2d fp32)``."""
     check_float_tensor(x, "x")
     if axis is not None:
         axis = normalize_axis(axis, max(x.dim(), 1))
@@ -42,6 +38,19 @@ def _encode(
     w2d = None if weight is None else view_2d(weight, scheme, axis).float()
     fmt = scheme.fmt
     params = grouping.reduce(lambda xb, wb: fmt.fit(xb, scheme, wb), x2d, w2d)
+    return params, grouping, x2d
+
+
+def _encode(
+    x: torch.Tensor,
+    scheme: QScheme,
+    axis: int | None,
+    weight: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, Params, Grouping, torch.Tensor]:
+    """Validate, fit and encode. Returns ``(codes (rows, cols), all params, grouping, x2d fp32)``."""
+    params, grouping, x2d = _fit(x, scheme, axis, weight)
+    fmt = scheme.fmt
     codes = grouping.map(lambda xb, pb: fmt.encode(xb, pb, scheme, generator), x2d, params)
     return codes, params, grouping, x2d
 
@@ -110,13 +119,27 @@ def fake_quantize(
         >>> fake_quantize(w, "int4:ch").sum().backward()
     """
     scheme = QScheme.parse(scheme)
+    fmt = scheme.fmt
     with torch.no_grad():
-        codes, params, grouping, x2d = _encode(x.detach(), scheme, axis, weight, generator)
-        fmt = scheme.fmt
-        values = grouping.map(lambda c, p: fmt.decode(c, p, scheme), codes, params)
+        params, grouping, x2d = _fit(x.detach(), scheme, axis, weight)
+    axis = None if axis is None else normalize_axis(axis, max(x.dim(), 1))
 
+    # A format's fused kernel, where it has one, does everything in one differentiable pass.
+    fused_ok: list[bool] = []
+
+    def fused(xb: torch.Tensor, pb: Params) -> torch.Tensor:
+        out = fmt.fused_fake_quantize(xb, pb, scheme)
+        fused_ok.append(out is not None)
+        return xb if out is None else out
+
+    out2d = grouping.map(fused, view_2d(x, scheme, axis).float(), params)
+    if all(fused_ok):
+        return _restore(out2d, x.shape, scheme, axis).to(x.dtype)
+
+    with torch.no_grad():
+        codes = grouping.map(lambda xb, pb: fmt.encode(xb, pb, scheme, generator), x2d, params)
+        values = grouping.map(lambda c, p: fmt.decode(c, p, scheme), codes, params)
         inside = grouping.map(lambda xb, pb: fmt.inside(xb, pb, scheme).float(), x2d, params)
-        axis = None if axis is None else normalize_axis(axis, max(x.dim(), 1))
         xq = _restore(values, x.shape, scheme, axis).to(x.dtype)
         mask = _restore(inside, x.shape, scheme, axis).to(x.dtype)
     return straight_through(x, xq, mask)

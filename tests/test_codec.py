@@ -163,3 +163,20 @@ def test_asymmetric_minimum_keeps_its_gradient_like_torch() -> None:
     assert torch.equal(y, ref)
     assert x.grad is not None and x2.grad is not None
     assert x.grad.tolist() == x2.grad.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("scheme", ["int8:ch", "uint8:tensor:asym", "int4:g24:asym", "int3:g16", "uint5:ch:narrow"])
+def test_fused_fake_quantize_equals_the_generic_path(scheme: str, gen: torch.Generator) -> None:
+    x = (torch.randn(6, 40, generator=gen) * 2).requires_grad_()
+    fused = quanta.fake_quantize(x, scheme)
+    fused.backward(torch.arange(240.0).reshape(6, 40))
+    s = quanta.QScheme.parse(scheme)
+    fmt = s.fmt
+    with torch.no_grad():
+        qt = quanta.quantize_tensor(x.detach(), s)
+        g = qt.grouping
+        x2d = x.detach().reshape(g.rows, g.cols)  # row-major: the layout of ch/gN, and of per-tensor flattening
+        inside = g.map(lambda xb, pb: fmt.inside(xb, pb, s).float(), x2d, qt.params).reshape(6, 40)
+    assert torch.equal(fused, qt.dequantize())
+    assert x.grad is not None and torch.equal(x.grad, torch.arange(240.0).reshape(6, 40) * inside)
+    assert 0 < float(inside.mean()) <= 1

@@ -98,6 +98,14 @@ class Format(ABC):
         values = self.levels(params, scheme)
         return values.amin(-1, keepdim=True), values.amax(-1, keepdim=True)
 
+    def fused_fake_quantize(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor | None:
+        """Optional fast path: differentiable ``decode(encode(x))`` with the straight-through gradient, or None.
+
+        Formats that map onto one of torch's fused fake-quantize kernels return its result; the generic path
+        (encode, decode, :meth:`inside` mask) must give identical values and gradients.
+        """
+        return None
+
     def inside(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
         """Boolean mask of the values of ``x`` ``(rows, n, g)`` that encoding does not clip.
 

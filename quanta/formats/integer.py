@@ -88,6 +88,21 @@ class IntegerFormat(Format):
             return dequantize_affine(codes, scale, qmin) + params["offset"].unsqueeze(-1).float()
         return dequantize_affine(codes, scale, self._sym_zero())
 
+    def fused_fake_quantize(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor | None:
+        # torch's per-channel kernel computes exactly our sym/asym formula and torch's gradient rule, in one pass;
+        # each group is one "channel" of the (rows * n, g) view.
+        if scheme.rounding != "rne" or scheme.mode == "fmin" or x.dtype != torch.float32:
+            return None
+        qmin, qmax = self.qrange(scheme)
+        rows, n, g = x.shape
+        scale = params["scale"].float().reshape(-1)
+        if scheme.mode == "asym":
+            zero = params["zero"].to(torch.int32).reshape(-1)
+        else:
+            zero = torch.full_like(scale, self._sym_zero(), dtype=torch.int32)
+        out = torch.fake_quantize_per_channel_affine(x.reshape(rows * n, g), scale, zero, 0, qmin, qmax)
+        return out.reshape(rows, n, g)
+
     def inside(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
         # torch's fake-quantize rule: the unclamped code round(x / s) + z lies in [qmin, qmax].
         qmin, qmax = self.qrange(scheme)
