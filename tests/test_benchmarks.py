@@ -1,0 +1,26 @@
+"""Benchmarks are not tests, but they must keep running: a smoke run of each script on tiny inputs."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def _load(name: str) -> object:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_primitives_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_primitives")
+    bench.main(["--quick", "--size", "64", "--formats", "int8:ch,nf4:g64,fp8_e4m3,lloyd2:ch"])  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    for text in ("int8:ch", "nf4:g64", "fake_quantize_per_channel_affine", "time ratio", "Command:"):
+        assert text in out
