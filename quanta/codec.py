@@ -87,6 +87,8 @@ def quantize_tensor(
         (8704, torch.Size([64, 256]))
     """
     scheme = QScheme.parse(scheme)
+    if isinstance(x, torch.Tensor):
+        x = x.detach()  # storage, not a differentiable op: use fake_quantize for gradients
     codes, params, _, _ = _encode(x, scheme, axis, weight, generator)
     stored = {k: v for k, v in params.items() if not k.startswith("_")}
     packed = pack(codes, scheme.bits, scheme.fmt.signed_codes)
