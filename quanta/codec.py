@@ -10,7 +10,7 @@ import torch
 
 from quanta.errors import InvalidTensorError
 from quanta.formats.base import Params
-from quanta.primitives.checks import check_float_tensor, normalize_axis
+from quanta.primitives.checks import cast_back, check_float_tensor, normalize_axis
 from quanta.primitives.groups import Grouping
 from quanta.primitives.packing import pack
 from quanta.primitives.ste import straight_through
@@ -32,6 +32,11 @@ def _fit(
         if weight.shape != x.shape:
             raise InvalidTensorError(
                 f"weight has shape {tuple(weight.shape)} but x has {tuple(x.shape)}; give one importance per value."
+            )
+        if bool((weight < 0).any()):
+            raise InvalidTensorError(
+                f"weight holds {int((weight < 0).sum())} negative values; importance weights must be >= 0 "
+                "(e.g. squared activations or a Hessian diagonal)."
             )
     grouping = grouping_for(x.shape, scheme, axis)
     x2d = view_2d(x, scheme, axis).float()
@@ -121,6 +126,7 @@ def fake_quantize(
         >>> fake_quantize(w, "int4:ch").sum().backward()
     """
     scheme = QScheme.parse(scheme)
+    check_float_tensor(x, "x")
     fmt = scheme.fmt
     with torch.no_grad():
         params, grouping, x2d = _fit(x.detach(), scheme, axis, weight)
@@ -136,13 +142,13 @@ def fake_quantize(
 
     out2d = grouping.map(fused, view_2d(x, scheme, axis).float(), params)
     if all(fused_ok):
-        return _restore(out2d, x.shape, scheme, axis).to(x.dtype)
+        return cast_back(_restore(out2d, x.shape, scheme, axis), x.dtype)
 
     with torch.no_grad():
         codes = grouping.map(lambda xb, pb: fmt.encode(xb, pb, scheme, generator), x2d, params)
         values = grouping.map(lambda c, p: fmt.decode(c, p, scheme), codes, params)
         inside = grouping.map(lambda xb, pb: fmt.inside(xb, pb, scheme).float(), x2d, params)
-        xq = _restore(values, x.shape, scheme, axis).to(x.dtype)
+        xq = cast_back(_restore(values, x.shape, scheme, axis), x.dtype)
         mask = _restore(inside, x.shape, scheme, axis).to(x.dtype)
     return straight_through(x, xq, mask)
 

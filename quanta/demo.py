@@ -129,7 +129,10 @@ def load_or_train(cache_dir: Path, retrain: bool = False, epochs: int = 15) -> t
             log.warning("cached demo model %s is unusable (%s); retraining", path, exc)
     x_train, y_train, _, _ = digits_data()
     model = train_digits_cnn(x_train, y_train, epochs=epochs)
-    save_tensors(path, model.state_dict())
+    try:
+        save_tensors(path, model.state_dict())
+    except OSError as exc:
+        log.warning("could not cache the demo model at %s (%s); continuing without a cache", path, exc)
     return model, path, True
 
 

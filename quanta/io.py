@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from quanta.errors import CorruptDataError
+from quanta.errors import CorruptDataError, InvalidTensorError, QuantaError
 
 __all__ = ["atomic_path", "load_tensors", "save_tensors"]
 
@@ -42,6 +42,11 @@ def save_tensors(
     path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
     """Write tensors to a safetensors file atomically and return its path."""
+    bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InvalidTensorError(f"save_tensors needs torch tensors; {bad[:3]} are not. Convert them first.")
+    if Path(path).is_dir():
+        raise QuantaError(f"{path} is a directory; give a file path such as {Path(path) / 'model.safetensors'}.")
     contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=metadata)

@@ -38,7 +38,7 @@ Rounding = Literal["rne", "sr"]
 
 _SCALE_TOKENS = {"sf32": "fp32", "sf16": "fp16", "sbf16": "bf16"}
 _OBSERVER = re.compile(r"obs=([a-z][a-z0-9_.]*)")
-_GROUP = re.compile(r"g(-?\d+)")
+_GROUP = re.compile(r"g(-?[0-9]{1,9})")
 
 GRAMMAR_HELP = (
     "A scheme is FORMAT[:GRANULARITY][:OPTION...], e.g. int8, uint8:tensor:asym, int4:g128:asym, int8:ch:sf16, "
@@ -89,7 +89,7 @@ class QScheme:
         if self.granularity == "group":
             if self.group_size is None:
                 raise SchemeError("granularity 'group' needs a group_size, e.g. QScheme('int4', 'group', 128).")
-            check_group_size(self.group_size)
+            object.__setattr__(self, "group_size", check_group_size(self.group_size))  # numpy ints -> int
         elif self.group_size is not None:
             raise SchemeError(
                 f"group_size={self.group_size} only goes with granularity 'group', not {self.granularity!r}."
@@ -105,6 +105,8 @@ class QScheme:
             raise UnsupportedError(
                 f"{self.format} does not support mode {self.mode!r}; it supports {', '.join(fmt.modes)}."
             )
+        if not isinstance(self.narrow, bool):
+            raise SchemeError(f"narrow must be True or False, got {self.narrow!r}.")
         if self.narrow and not fmt.narrowable:
             raise UnsupportedError(f"{self.format} has no narrow range; narrow applies to int/uint formats.")
         if self.scale_dtype not in _SCALE_TOKENS.values():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from quanta.errors import CorruptDataError, QuantaError
+from quanta.primitives.checks import cast_back
 from quanta.primitives.groups import Grouping, from_2d, to_2d
 from quanta.primitives.packing import packed_nbytes, unpack
 from quanta.scheme import QScheme
@@ -93,8 +94,8 @@ class QTensor:
         fmt, scheme = self.scheme.fmt, self.scheme
         values = self.grouping.map(lambda c, p: fmt.decode(c, p, scheme), self.unpacked_codes(), self.params)
         if scheme.granularity == "tensor":
-            return values.reshape(self.shape).to(self.dtype)
-        return from_2d(values, self.shape, self.axis).to(self.dtype)
+            return cast_back(values.reshape(self.shape), self.dtype)
+        return cast_back(from_2d(values, self.shape, self.axis), self.dtype)
 
     def to_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Flat dict of plain tensors: ``{prefix}codes``, ``{prefix}<param>`` and ``{prefix}qmeta`` (JSON bytes)."""

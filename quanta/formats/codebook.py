@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from quanta.formats.base import SCALE_DTYPES, Format, Params, register_family
+from quanta.primitives.affine import storage_param
 from quanta.primitives.checks import check_bits
 from quanta.primitives.lloyd import lloyd_max, nearest_level
 
@@ -35,7 +36,7 @@ class LloydFormat(Format):
     def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
         levels = lloyd_max(x, 1 << self.bits, weight)
         # Sorting again after the cast keeps the codebook monotone even where fp16/bf16 merges levels.
-        return {"codebook": levels.to(SCALE_DTYPES[scheme.scale_dtype]).sort(dim=-1).values}
+        return {"codebook": storage_param(levels, SCALE_DTYPES[scheme.scale_dtype], "codebook entry").sort(-1).values}
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
@@ -49,6 +50,8 @@ class LloydFormat(Format):
         return params["codebook"].float()
 
 
-@register_family(r"lloyd(\d+)", ("lloyd2", "lloyd3", "lloyd4"), "fitted Lloyd-Max codebook of 2^N levels, N = 1..8")
+@register_family(
+    r"lloyd([0-9]{1,4})", ("lloyd2", "lloyd3", "lloyd4"), "fitted Lloyd-Max codebook of 2^N levels, N = 1..8"
+)
 def _lloyd(match: re.Match[str]) -> Format:
     return LloydFormat(int(match.group(1)))

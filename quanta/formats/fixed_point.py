@@ -62,6 +62,8 @@ class FixedPointFormat(Format):
         return torch.tensor(qmin * self.step), torch.tensor(qmax * self.step)
 
 
-@register_family(r"q(\d+)\.(\d+)", ("q4.4", "q1.7", "q8.8"), "fixed point Qm.n, m integer bits with sign, m+n <= 16")
+@register_family(
+    r"q([0-9]{1,4})\.([0-9]{1,4})", ("q4.4", "q1.7", "q8.8"), "fixed point Qm.n, m integer bits with sign, m+n <= 16"
+)
 def _fixed_point(match: re.Match[str]) -> Format:
     return FixedPointFormat(int(match.group(1)), int(match.group(2)))

@@ -91,7 +91,13 @@ class IntegerFormat(Format):
     def fused_fake_quantize(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor | None:
         # torch's per-channel kernel computes exactly our sym/asym formula and torch's gradient rule, in one pass;
         # each group is one "channel" of the (rows * n, g) view.
-        if scheme.rounding != "rne" or scheme.mode == "fmin" or x.dtype != torch.float32:
+        # fp16 steps can saturate at 65504, leaving |x / step| large enough to overflow the kernel's int64 codes.
+        if (
+            scheme.rounding != "rne"
+            or scheme.mode == "fmin"
+            or scheme.scale_dtype == "fp16"
+            or x.dtype != torch.float32
+        ):
             return None
         qmin, qmax = self.qrange(scheme)
         rows, n, g = x.shape
@@ -125,6 +131,8 @@ class IntegerFormat(Format):
         return torch.arange(qmin, qmax + 1, dtype=torch.int32)
 
 
-@register_family(r"(u?)int(\d+)", ("int8", "int4", "uint8", "int3"), "integers of 1..16 bits, signed or unsigned")
+@register_family(
+    r"(u?)int([0-9]{1,4})", ("int8", "int4", "uint8", "int3"), "integers of 1..16 bits, signed or unsigned"
+)
 def _integer(match: re.Match[str]) -> Format:
     return IntegerFormat(int(match.group(2)), signed=match.group(1) == "")

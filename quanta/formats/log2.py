@@ -52,6 +52,6 @@ class PowerOfTwoFormat(AbsmaxScaled):
         return torch.where(negative == 1, -mag, mag) * params["scale"].unsqueeze(-1).float()
 
 
-@register_family(r"pot(\d+)", ("pot3", "pot4", "pot5"), "power-of-two levels with sign and zero, 2..8 bits")
+@register_family(r"pot([0-9]{1,4})", ("pot3", "pot4", "pot5"), "power-of-two levels with sign and zero, 2..8 bits")
 def _pot(match: re.Match[str]) -> Format:
     return PowerOfTwoFormat(int(match.group(1)))

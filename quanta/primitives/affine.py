@@ -15,6 +15,8 @@ positive extreme by half a step and is not idempotent.)
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from quanta.errors import BitWidthError
@@ -57,20 +59,48 @@ def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
     return qmin, qmax
 
 
+def storage_param(value: torch.Tensor, dtype: torch.dtype, what: str = "parameter") -> torch.Tensor:
+    """Cast a stored parameter (offset, codebook entry, level) to ``dtype``, saturating with a warning.
+
+    A value beyond the dtype's largest finite value would otherwise become inf and poison every decoded value.
+    """
+    finfo = torch.finfo(dtype)
+    v = value.float()
+    if finfo.max < torch.finfo(torch.float32).max and bool((v.abs() > finfo.max).any()):
+        warnings.warn(
+            f"a {what} of magnitude {float(v.abs().max()):.3g} exceeds {dtype}'s largest value {finfo.max:.6g} and "
+            "was saturated; store parameters as fp32 or bf16 (scheme option sf32 or sbf16) for data this large.",
+            stacklevel=3,
+        )
+        v = v.clamp(-finfo.max, finfo.max)
+    return v.to(dtype)
+
+
 def storage_scale(scale: torch.Tensor, dtype: torch.dtype, keep_zero: bool = False) -> torch.Tensor:
     """Cast a step size to its storage dtype, rounding up, keeping it finite and (unless ``keep_zero``) non-zero.
 
     Rounding up matters for fp16/bf16: a step rounded down would clip the group's extreme values (by many steps
     at high bit widths). A zero range (a constant group) gives a zero step; it becomes 1.0 so codes are computed
-    without dividing by zero (and a range too small for the dtype collapses to zero codes instead of NaN).
-    Formats whose scale is a level itself rather than a step (binary, ternary) pass ``keep_zero=True`` and get the
-    nearest value instead. Scales above the dtype's largest finite value saturate.
+    without dividing by zero. A step below the dtype's smallest positive value (or fp32's smallest normal number:
+    ``1 / step`` must stay finite) is raised to it, so a group too small for the dtype collapses towards zero
+    codes, with a warning; a step above the largest finite value saturates, also with a warning. Formats whose
+    scale is a level rather than a step (binary, ternary) pass ``keep_zero=True`` and get the nearest value.
     """
     finfo = torch.finfo(dtype)
-    s = scale.float().clamp(max=finfo.max).to(dtype)
     if keep_zero:
-        return s
-    low = s.float() < scale.float().clamp(max=finfo.max)
+        return storage_param(scale, dtype, "scale")
+    want = scale.float()
+    # 1 / step must stay finite in fp32, and the step must be representable (fp16 ends at 2**-24).
+    tiny = max(finfo.tiny * finfo.eps, torch.finfo(torch.float32).tiny)
+    if bool(((want > 0) & (want < tiny)).any()):
+        warnings.warn(
+            f"a quantization step of {float(want[want > 0].min()):.3g} is below the smallest usable step {tiny:.3g} "
+            f"for {dtype} scales; those groups collapse towards zero. Use sf32 for data this small, or rescale it.",
+            stacklevel=3,
+        )
+    want = torch.where(want > 0, want.clamp(min=tiny), want)
+    s = storage_param(want, dtype, "quantization step")
+    low = s.float() < want
     if bool(low.any()):
         s = torch.where(low, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
     return torch.where(s > 0, s, torch.ones((), dtype=dtype, device=s.device))
@@ -120,9 +150,10 @@ def float_offset_qparams(
     Returns:
         ``(scale, offset)``, both in ``dtype``.
     """
-    offset = xmin.float().to(dtype)
-    high = offset.float() > xmin.float()  # rounded up past the minimum: step down one ulp to keep it covered
-    offset = torch.where(high, torch.nextafter(offset, torch.full_like(offset, float("-inf"))), offset)
+    offset = storage_param(xmin, dtype, "float offset")
+    # Rounded up past the minimum: step down one ulp to keep it covered (unless that leaves the finite range).
+    lower = torch.nextafter(offset, torch.full_like(offset, float("-inf")))
+    offset = torch.where((offset.float() > xmin.float()) & torch.isfinite(lower), lower, offset)
     scale = storage_scale((xmax.float() - offset.float()) / (qmax - qmin), dtype)
     return scale, offset
 

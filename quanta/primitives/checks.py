@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from quanta.errors import AxisError, BitWidthError, GroupSizeError, InvalidTensorError, NonFiniteError
@@ -21,8 +23,26 @@ def check_float_tensor(x: object, name: str = "x") -> torch.Tensor:
         )
     if x.numel() == 0:
         raise InvalidTensorError(f"{name} is empty (shape {tuple(x.shape)}); there is nothing to quantize.")
+    if x.is_meta:
+        raise InvalidTensorError(f"{name} is on the meta device and holds no values; load its weights first.")
     check_finite(x, name)
+    if x.dtype == torch.float64:
+        # Everything is computed in fp32: values beyond its range would silently become inf.
+        biggest = float(x.abs().max())
+        if biggest > torch.finfo(torch.float32).max:
+            raise InvalidTensorError(
+                f"{name} holds a value of magnitude {biggest:.3g}, beyond the float32 range "
+                f"({torch.finfo(torch.float32).max:.3g}) in which quanta computes; rescale the tensor first."
+            )
     return x
+
+
+def cast_back(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast fp32 results to ``dtype``, saturating where its range is smaller (fp16) instead of overflowing to inf."""
+    limit = torch.finfo(dtype).max
+    if limit < torch.finfo(values.dtype).max:
+        values = values.clamp(-limit, limit)
+    return values.to(dtype)
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
@@ -51,8 +71,19 @@ def check_bits(bits: int, low: int = 1, high: int = 16, what: str = "bit width")
     return bits
 
 
+def _as_int(value: object) -> object:
+    # Accept numpy and torch integer scalars as well as Python ints (anything with __index__), but not bools.
+    if isinstance(value, bool):
+        return value
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return value
+
+
 def check_group_size(group_size: int) -> int:
     """Return ``group_size`` if it is a positive integer; raise :class:`GroupSizeError` otherwise."""
+    group_size = _as_int(group_size)  # type: ignore[assignment]
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
         raise GroupSizeError(
             f"group size {group_size!r} is invalid; use a positive whole number such as 32, 64 or 128 "
@@ -63,6 +94,7 @@ def check_group_size(group_size: int) -> int:
 
 def normalize_axis(axis: int, ndim: int) -> int:
     """Turn a possibly negative ``axis`` into an index in ``range(ndim)``; raise :class:`AxisError` if invalid."""
+    axis = _as_int(axis)  # type: ignore[assignment]
     if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
         raise AxisError(
             f"axis {axis!r} is out of range for a tensor with {ndim} dimension(s); "

@@ -26,6 +26,8 @@ class _SortedSums:
     def __init__(self, x: torch.Tensor, weight: torch.Tensor | None) -> None:
         self.xs, order = x.double().sort(dim=-1)
         ws = torch.ones_like(self.xs) if weight is None else weight.double().gather(-1, order).clamp(min=0)
+        if weight is not None:  # a row whose weights are all zero says nothing: fit it unweighted
+            ws = torch.where(ws.sum(-1, keepdim=True) > 0, ws, torch.ones_like(ws))
         zero = self.xs.new_zeros((*self.xs.shape[:-1], 1))
         self.cw = torch.cat([zero, ws.cumsum(-1)], dim=-1)  # (..., n + 1)
         self.cwx = torch.cat([zero, (ws * self.xs).cumsum(-1)], dim=-1)

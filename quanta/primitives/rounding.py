@@ -13,11 +13,13 @@ ROUNDINGS = ("rne", "sr")
 def stochastic_round(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Round ``x`` down or up at random so that ``E[round(x)] == x``.
 
-    ``floor(x + u)`` with ``u ~ U[0, 1)`` rounds up with probability ``x - floor(x)``. Pass a seeded
+    Rounds up when ``u < x - floor(x)`` for ``u ~ U[0, 1)``, i.e. with probability ``x - floor(x)``. Pass a seeded
     ``generator`` for reproducible results; ``None`` uses torch's global generator.
     """
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return torch.floor(x + noise)
+    low = torch.floor(x)
+    # Compare rather than add: floor(x + u) rounds x + u first, which biases large magnitudes.
+    return low + (noise < (x - low)).to(x.dtype)
 
 
 def round_values(x: torch.Tensor, rounding: str = "rne", generator: torch.Generator | None = None) -> torch.Tensor:
