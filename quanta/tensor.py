@@ -9,6 +9,7 @@ dtype so a truncated or foreign dict fails loudly.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -119,12 +120,16 @@ class QTensor:
             CorruptDataError: a key is missing, or a shape, dtype or size does not match the metadata.
         """
         where = f" under prefix {prefix!r}" if prefix else ""
+        if not isinstance(tensors, Mapping):
+            raise CorruptDataError(f"from_dict needs a dict of tensors, got {type(tensors).__name__}.")
         meta_tensor = tensors.get(f"{prefix}{META_KEY}")
         if meta_tensor is None or f"{prefix}{CODES_KEY}" not in tensors:
             raise CorruptDataError(f"no quantized tensor{where}: the '{META_KEY}' or '{CODES_KEY}' entry is missing.")
         try:
             meta = json.loads(bytes(meta_tensor.to(torch.uint8).tolist()).decode())
-            version = int(meta["format_version"])
+            version = meta["format_version"]
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"format_version must be a positive integer, got {version!r}")
             scheme = QScheme.parse(meta["scheme"])
             shape = torch.Size(int(s) for s in meta["shape"])
             dtype = getattr(torch, str(meta["dtype"]))
@@ -143,6 +148,8 @@ class QTensor:
         if axis is not None and not isinstance(axis, int):
             raise CorruptDataError(f"quantized tensor{where} has axis {axis!r}; expected an integer or null.")
         codes = tensors[f"{prefix}{CODES_KEY}"]
+        if not isinstance(codes, torch.Tensor) or not isinstance(meta_tensor, torch.Tensor):
+            raise CorruptDataError(f"quantized tensor{where}: codes and metadata must be tensors.")
         want_dtype = torch.int16 if scheme.bits > 8 else torch.uint8
         if codes.dtype != want_dtype:
             raise CorruptDataError(
@@ -166,6 +173,8 @@ class QTensor:
                     f"quantized tensor{where}: '{name}' is {value.dtype} {tuple(value.shape)}, "
                     f"expected {param_dtype} {expected} for {scheme} on shape {tuple(shape)}."
                 )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise CorruptDataError(f"quantized tensor{where}: '{name}' holds NaN or Inf values.")
             qt.params[name] = value
         want = packed_nbytes(shape.numel(), scheme.bits)
         if codes.dim() != 1 or codes.numel() * codes.element_size() != want:

@@ -102,7 +102,8 @@ def storage_scale(scale: torch.Tensor, dtype: torch.dtype, keep_zero: bool = Fal
     s = storage_param(want, dtype, "quantization step")
     low = s.float() < want
     if bool(low.any()):
-        s = torch.where(low, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
+        higher = torch.nextafter(s, torch.full_like(s, float("inf")))
+        s = torch.where(low & torch.isfinite(higher), higher, s)  # a saturated step stays at the largest value
     return torch.where(s > 0, s, torch.ones((), dtype=dtype, device=s.device))
 
 
