@@ -9,7 +9,8 @@ Symmetric scales never clip: ``scale = max(min(x, 0) / qmin, max(x, 0) / qmax)``
 "symmetric, no clipping error"). With the narrow range ``[-127, 127]`` that is ``absmax / 127``; with the full
 range ``[-128, 127]`` a group whose extreme is negative gets ``absmax / 128`` and uses the code -128, one whose
 extreme is positive gets ``absmax / 127``. Either way the extreme value is reproduced exactly, so quantizing a
-dequantized tensor gives back the same codes. (torch's observers use ``absmax / 127.5`` instead, which clips the
+dequantized tensor gives back the same codes (with fp32 scales; fp16/bf16 steps are rounded up, see
+:func:`storage_scale`). (torch's observers use ``absmax / 127.5`` instead, which clips the
 positive extreme by half a step and is not idempotent.)
 """
 
