@@ -15,7 +15,7 @@ from quanta.primitives.groups import Grouping
 from quanta.primitives.packing import pack
 from quanta.primitives.ste import straight_through
 from quanta.scheme import QScheme
-from quanta.tensor import QTensor, grouping_for, view_2d
+from quanta.tensor import QTensor, grouping_for, restore_2d, view_2d
 
 __all__ = ["dequantize", "fake_quantize", "quantize_tensor"]
 
@@ -23,8 +23,9 @@ __all__ = ["dequantize", "fake_quantize", "quantize_tensor"]
 def _fit(
     x: torch.Tensor, scheme: QScheme, axis: int | None, weight: torch.Tensor | None
 ) -> tuple[Params, Grouping, torch.Tensor]:
-    """Validate and fit. Returns ``(all params, grouping, x2d fp32)``."""
+    """Validate and fit (no gradient is tracked). Returns ``(all params, grouping, x2d fp32)``."""
     check_float_tensor(x, "x")
+    x = x.detach()
     if axis is not None:
         axis = normalize_axis(axis, max(x.dim(), 1))
     if weight is not None:
@@ -92,8 +93,6 @@ def quantize_tensor(
         (8704, torch.Size([64, 256]))
     """
     scheme = QScheme.parse(scheme)
-    if isinstance(x, torch.Tensor):
-        x = x.detach()  # storage, not a differentiable op: use fake_quantize for gradients
     codes, params, _, _ = _encode(x, scheme, axis, weight, generator)
     stored = {k: v for k, v in params.items() if not k.startswith("_")}
     packed = pack(codes, scheme.bits, scheme.fmt.signed_codes)
@@ -126,10 +125,9 @@ def fake_quantize(
         >>> fake_quantize(w, "int4:ch").sum().backward()
     """
     scheme = QScheme.parse(scheme)
-    check_float_tensor(x, "x")
     fmt = scheme.fmt
     with torch.no_grad():
-        params, grouping, x2d = _fit(x.detach(), scheme, axis, weight)
+        params, grouping, x2d = _fit(x, scheme, axis, weight)
     axis = None if axis is None else normalize_axis(axis, max(x.dim(), 1))
 
     # A format's fused kernel, where it has one, does everything in one differentiable pass.
@@ -142,20 +140,12 @@ def fake_quantize(
 
     out2d = grouping.map(fused, view_2d(x, scheme, axis).float(), params)
     if all(fused_ok):
-        return cast_back(_restore(out2d, x.shape, scheme, axis), x.dtype)
+        return cast_back(restore_2d(out2d, x.shape, scheme, axis), x.dtype)
 
     with torch.no_grad():
         codes = grouping.map(lambda xb, pb: fmt.encode(xb, pb, scheme, generator), x2d, params)
         values = grouping.map(lambda c, p: fmt.decode(c, p, scheme), codes, params)
         inside = grouping.map(lambda xb, pb: fmt.inside(xb, pb, scheme).float(), x2d, params)
-        xq = cast_back(_restore(values, x.shape, scheme, axis), x.dtype)
-        mask = _restore(inside, x.shape, scheme, axis).to(x.dtype)
+        xq = cast_back(restore_2d(values, x.shape, scheme, axis), x.dtype)
+        mask = restore_2d(inside, x.shape, scheme, axis).to(x.dtype)
     return straight_through(x, xq, mask)
-
-
-def _restore(x2d: torch.Tensor, shape: torch.Size, scheme: QScheme, axis: int | None) -> torch.Tensor:
-    from quanta.primitives.groups import from_2d
-
-    if scheme.granularity == "tensor":
-        return x2d.reshape(shape)
-    return from_2d(x2d, shape, axis)

@@ -20,7 +20,7 @@ from quanta.primitives.groups import Grouping, from_2d, to_2d
 from quanta.primitives.packing import packed_nbytes, unpack
 from quanta.scheme import QScheme
 
-__all__ = ["QTensor", "grouping_for", "view_2d"]
+__all__ = ["QTensor", "grouping_for", "restore_2d", "view_2d"]
 
 FORMAT_VERSION = 1
 META_KEY = "qmeta"
@@ -32,6 +32,13 @@ def view_2d(x: torch.Tensor, scheme: QScheme, axis: int | None) -> torch.Tensor:
     if scheme.granularity == "tensor":
         return x.reshape(1, -1)
     return to_2d(x, axis)
+
+
+def restore_2d(x2d: torch.Tensor, shape: torch.Size, scheme: QScheme, axis: int | None) -> torch.Tensor:
+    """Invert :func:`view_2d` for a tensor of the original ``shape``."""
+    if scheme.granularity == "tensor":
+        return x2d.reshape(shape)
+    return from_2d(x2d, shape, axis)
 
 
 def grouping_for(shape: torch.Size | tuple[int, ...], scheme: QScheme, axis: int | None) -> Grouping:
@@ -94,9 +101,7 @@ class QTensor:
         """Reconstruct the tensor in its original shape and dtype."""
         fmt, scheme = self.scheme.fmt, self.scheme
         values = self.grouping.map(lambda c, p: fmt.decode(c, p, scheme), self.unpacked_codes(), self.params)
-        if scheme.granularity == "tensor":
-            return cast_back(values.reshape(self.shape), self.dtype)
-        return cast_back(from_2d(values, self.shape, self.axis), self.dtype)
+        return cast_back(restore_2d(values, self.shape, scheme, self.axis), self.dtype)
 
     def to_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Flat dict of plain tensors: ``{prefix}codes``, ``{prefix}<param>`` and ``{prefix}qmeta`` (JSON bytes)."""
