@@ -67,26 +67,26 @@ class IntegerFormat(Format):
         z0 = self._sym_zero()
         return {"scale": symmetric_scale(x.amin(-1), x.amax(-1), qmin - z0, qmax - z0, dtype)}
 
+    def _placement(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor | None, torch.Tensor | int]:
+        """``(offset, zero)`` of the block: ``x_hat = (q - zero) * scale (+ offset)``, broadcastable to it."""
+        if scheme.mode == "asym":
+            return None, params["zero"].unsqueeze(-1).int()
+        if scheme.mode == "fmin":
+            return params["offset"].unsqueeze(-1).float(), self.qrange(scheme)[0]
+        return None, self._sym_zero()
+
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
     ) -> torch.Tensor:
         qmin, qmax = self.qrange(scheme)
-        scale = params["scale"].unsqueeze(-1)
-        if scheme.mode == "asym":
-            return quantize_affine(x, scale, params["zero"].unsqueeze(-1).int(), qmin, qmax, scheme.rounding, generator)
-        if scheme.mode == "fmin":
-            shifted = x - params["offset"].unsqueeze(-1).float()
-            return quantize_affine(shifted, scale, qmin, qmin, qmax, scheme.rounding, generator)
-        return quantize_affine(x, scale, self._sym_zero(), qmin, qmax, scheme.rounding, generator)
+        offset, zero = self._placement(params, scheme)
+        shifted = x if offset is None else x - offset
+        return quantize_affine(shifted, params["scale"].unsqueeze(-1), zero, qmin, qmax, scheme.rounding, generator)
 
     def decode(self, codes: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
-        scale = params["scale"].unsqueeze(-1)
-        if scheme.mode == "asym":
-            return dequantize_affine(codes, scale, params["zero"].unsqueeze(-1).int())
-        if scheme.mode == "fmin":
-            qmin, _ = self.qrange(scheme)
-            return dequantize_affine(codes, scale, qmin) + params["offset"].unsqueeze(-1).float()
-        return dequantize_affine(codes, scale, self._sym_zero())
+        offset, zero = self._placement(params, scheme)
+        values = dequantize_affine(codes, params["scale"].unsqueeze(-1), zero)
+        return values if offset is None else values.add_(offset)
 
     def fused_fake_quantize(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor | None:
         # torch's per-channel kernel computes exactly our sym/asym formula and torch's gradient rule, in one pass;
@@ -112,13 +112,9 @@ class IntegerFormat(Format):
     def inside(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor:
         # torch's fake-quantize rule: the unclamped code round(x / s) + z lies in [qmin, qmax].
         qmin, qmax = self.qrange(scheme)
-        inv = 1.0 / params["scale"].unsqueeze(-1).float()
-        if scheme.mode == "asym":
-            raw = torch.round(x * inv) + params["zero"].unsqueeze(-1).float()
-        elif scheme.mode == "fmin":
-            raw = torch.round((x - params["offset"].unsqueeze(-1).float()) * inv) + qmin
-        else:
-            raw = torch.round(x * inv) + self._sym_zero()
+        offset, zero = self._placement(params, scheme)
+        shifted = x if offset is None else x - offset
+        raw = torch.round(shifted * (1.0 / params["scale"].unsqueeze(-1).float())) + zero
         return (raw >= qmin) & (raw <= qmax)
 
     def clip_range(self, params: Params, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
