@@ -181,6 +181,9 @@ class QTensor:
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise CorruptDataError(f"quantized tensor{where}: '{name}' holds NaN or Inf values.")
             qt.params[name] = value
+        problem = scheme.fmt.check_params(qt.params, scheme)
+        if problem:
+            raise CorruptDataError(f"quantized tensor{where} ({scheme}) has invalid parameters: {problem}.")
         want = packed_nbytes(shape.numel(), scheme.bits)
         if codes.dim() != 1 or codes.numel() * codes.element_size() != want:
             raise CorruptDataError(

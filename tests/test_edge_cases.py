@@ -120,3 +120,24 @@ def test_demo_runs_when_the_cache_cannot_be_written(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     _, _, trained = load_or_train(blocker / "cache", epochs=1)
     assert trained
+
+
+@pytest.mark.parametrize(
+    ("scheme", "name", "bad", "words"),
+    [
+        ("int4:g16:asym", "zero", 100, "zero points"),
+        ("int4:g16", "scale", -1.0, "positive"),
+        ("nf4:g16", "scale", 0.0, "positive"),
+        ("lloyd2:ch", "codebook", None, "sorted"),
+    ],
+)
+def test_out_of_range_parameters_are_refused(scheme: str, name: str, bad: float | None, words: str) -> None:
+    flat = quanta.quantize_tensor(torch.randn(4, 32, generator=torch.Generator().manual_seed(1)), scheme).to_dict()
+    value = flat[name].clone()
+    if bad is None:
+        value = value.flip(-1)  # a codebook in descending order
+    else:
+        value.view(-1)[0] = bad
+    flat[name] = value
+    with pytest.raises(CorruptDataError, match=words):
+        quanta.QTensor.from_dict(flat)

@@ -98,6 +98,13 @@ class Format(ABC):
         values = self.levels(params, scheme)
         return values.amin(-1, keepdim=True), values.amax(-1, keepdim=True)
 
+    def check_params(self, params: Params, scheme: QScheme) -> str | None:
+        """Say what is wrong with stored parameters read from outside (``None`` when they are valid).
+
+        Shapes and dtypes are checked by the caller; formats check value ranges here.
+        """
+        return None
+
     def fused_fake_quantize(self, x: torch.Tensor, params: Params, scheme: QScheme) -> torch.Tensor | None:
         """Optional fast path: differentiable ``decode(encode(x))`` with the straight-through gradient, or None.
 
@@ -143,6 +150,9 @@ class AbsmaxScaled(Format):
 
     def fit(self, x: torch.Tensor, scheme: QScheme, weight: torch.Tensor | None) -> Params:
         return {"scale": storage_scale(x.abs().amax(-1) / self.max_level, SCALE_DTYPES[scheme.scale_dtype])}
+
+    def check_params(self, params: Params, scheme: QScheme) -> str | None:
+        return None if bool((params["scale"] > 0).all()) else "scales must be positive"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ class LloydFormat(Format):
         # Sorting again after the cast keeps the codebook monotone even where fp16/bf16 merges levels.
         return {"codebook": storage_param(levels, SCALE_DTYPES[scheme.scale_dtype], "codebook entry").sort(-1).values}
 
+    def check_params(self, params: Params, scheme: QScheme) -> str | None:
+        book = params["codebook"]
+        return None if bool((book[..., 1:] >= book[..., :-1]).all()) else "codebook entries must be sorted"
+
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
     ) -> torch.Tensor:

@@ -75,6 +75,14 @@ class IntegerFormat(Format):
             return params["offset"].unsqueeze(-1).float(), self.qrange(scheme)[0]
         return None, self._sym_zero()
 
+    def check_params(self, params: Params, scheme: QScheme) -> str | None:
+        qmin, qmax = self.qrange(scheme)
+        if not bool((params["scale"] > 0).all()):
+            return "scales must be positive"
+        if "zero" in params and not bool(((params["zero"] >= qmin) & (params["zero"] <= qmax)).all()):
+            return f"zero points must lie in [{qmin}, {qmax}]"
+        return None
+
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None
     ) -> torch.Tensor:
