@@ -7,10 +7,12 @@ After one sort, prefix sums of ``w``, ``w * x`` and ``w * x^2`` give every clust
 of a second.
 
 Lloyd's iteration only finds a local optimum, and which one depends on the start: quantile starts crowd the
-levels into the bulk of heavy-tailed data, uniform starts waste levels in empty tails. So each row is fitted from
-three starts (the quantiles of the density to the power 1/3, the asymptotically optimal level density of Panter
-and Dite; weighted quantiles; a uniform grid over the range) and keeps the one with the lowest error, or the
-row's distinct values themselves when there are at most k of them (then the error is zero).
+levels into the bulk of heavy-tailed data, uniform starts waste levels in empty tails. So rows of up to
+``DP_POINTS`` values are solved exactly by dynamic programming (1-D k-means has optimal contiguous cells), and
+longer rows are fitted from four starts (the optimum over ``DP_POINTS`` equal-count runs; the quantiles of the
+density to the power 1/3, the asymptotically optimal level density of Panter and Dite; weighted quantiles; a
+uniform grid over the range), keeping the one with the lowest error, or the row's distinct values themselves
+when there are at most k of them (then the error is zero).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from __future__ import annotations
 import torch
 
 __all__ = ["lloyd_max", "nearest_level"]
+
+DP_POINTS = 32
+"""Rows of up to this many values are fitted exactly by dynamic programming; longer rows start from the optimum
+over this many equal-count runs and are refined by Lloyd iterations."""
 
 
 class _SortedSums:
@@ -121,6 +127,52 @@ def _iterate(s: _SortedSums, levels: torch.Tensor, span: torch.Tensor, max_iter:
     return out.reshape(shape)
 
 
+def _optimal_on_cuts(s: _SortedSums, k: int, max_points: int) -> torch.Tensor:
+    """Levels of the best partition whose cuts lie on at most ``max_points`` equal-count boundaries (exact DP).
+
+    With ``n <= max_points`` every position is a boundary and the result is the exact optimum of 1-D k-means
+    (Lloyd-Max), which Lloyd iterations started elsewhere often miss: the cost of a run of sorted values is
+    ``sum w x^2 - (sum w x)^2 / sum w`` from the prefix sums, and ``D_m(b) = min_a D_{m-1}(a) + cost(a, b)``.
+    Longer rows are cut into ``max_points`` runs of equal count; the result is then a start for Lloyd.
+    """
+    n = s.n
+    m_points = min(n, max_points)
+    pos = torch.round(torch.linspace(0, n, m_points + 1, dtype=torch.float64, device=s.xs.device)).long()
+    flat = [t.reshape(-1, t.shape[-1])[:, pos] for t in (s.cw, s.cwx, s.cwxx)]
+    xs = s.xs.reshape(-1, n)
+    parts = min(k, m_points)
+    chunk = max(1, (1 << 22) // (m_points + 1) ** 2)  # rows per batch: bounds the (rows, M+1, M+1) cost matrix
+    out = []
+    upper = torch.ones(m_points + 1, m_points + 1, dtype=torch.bool, device=xs.device).triu(1)  # a < b
+    for start in range(0, xs.shape[0], chunk):
+        cw, cwx, cwxx = (t[start : start + chunk] for t in flat)
+        sw = cw.unsqueeze(1) - cw.unsqueeze(2)  # [r, a, b] = weight of the run between boundaries a and b
+        swx = cwx.unsqueeze(1) - cwx.unsqueeze(2)
+        swxx = cwxx.unsqueeze(1) - cwxx.unsqueeze(2)
+        cost = torch.where(sw > 0, swxx - swx * swx / sw.clamp(min=1e-300), torch.zeros_like(sw)).clamp(min=0)
+        cost = torch.where(upper, cost, torch.full_like(cost, float("inf"))).float()
+        best = cost[:, 0, :]  # one run: D_1(b)
+        back = []
+        for _ in range(parts - 1):
+            best, arg = (best.unsqueeze(2) + cost).min(dim=1)
+            back.append(arg)
+        cut = torch.full((cw.shape[0], 1), m_points, dtype=torch.long, device=xs.device)
+        cuts = [cut]
+        for arg in reversed(back):
+            cut = arg.gather(1, cut)
+            cuts.append(cut)
+        cuts.append(torch.zeros_like(cut))
+        bounds = torch.cat(cuts[::-1], dim=1)  # (rows, parts + 1) boundary indices, increasing
+        w = cw.gather(1, bounds[:, 1:]) - cw.gather(1, bounds[:, :-1])
+        wx = cwx.gather(1, bounds[:, 1:]) - cwx.gather(1, bounds[:, :-1])
+        first = xs[start : start + chunk].gather(1, pos[bounds[:, :-1]].clamp(max=n - 1))
+        out.append(torch.where(w > 0, wx / w.clamp(min=1e-300), first))  # a weightless run: its first value
+    levels = torch.cat(out).reshape(*s.xs.shape[:-1], parts)
+    if parts < k:  # fewer values than levels: repeat the last
+        levels = torch.cat([levels, levels[..., -1:].expand(*levels.shape[:-1], k - parts)], dim=-1)
+    return levels.sort(dim=-1).values
+
+
 def lloyd_max(
     x: torch.Tensor, k: int, weight: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-6
 ) -> torch.Tensor:
@@ -144,7 +196,7 @@ def lloyd_max(
     span = (s.xs[..., -1:] - s.xs[..., :1]).clamp(min=1e-30)
     best = _distinct_values(s, k)
     best_error = s.error(best)
-    for start in _starts(s, k):
+    for start in [_optimal_on_cuts(s, k, DP_POINTS), *_starts(s, k)]:
         levels = _iterate(s, start, span, max_iter, tol)
         error = s.error(levels)
         better = error < best_error

@@ -60,3 +60,36 @@ def test_fitted_codebook_beats_uniform_grid_of_same_bits(gen: torch.Generator) -
         lloyd = quanta.quantize_tensor(x, f"lloyd{bits}:ch").dequantize()
         uniform = quanta.quantize_tensor(x, f"int{bits}:ch:asym").dequantize()
         assert quanta.metrics.mse(x, lloyd) < quanta.metrics.mse(x, uniform), bits
+
+
+def _reference_optimum(values: list[float], weights: list[float], k: int) -> float:
+    """Exact weighted 1-D k-means error by plain dynamic programming over sorted values (O(k n^2), pure Python)."""
+    pairs = sorted(zip(values, weights, strict=True))
+    n = len(pairs)
+
+    def cost(i: int, j: int) -> float:  # values i..j-1 in one cell, at their weighted mean
+        w = sum(p[1] for p in pairs[i:j])
+        if w == 0:
+            return 0.0
+        mean = sum(p[0] * p[1] for p in pairs[i:j]) / w
+        return sum(p[1] * (p[0] - mean) ** 2 for p in pairs[i:j])
+
+    best = [cost(0, j) for j in range(n + 1)]
+    for m in range(2, min(k, n) + 1):
+        best = [min(best[i] + cost(i, j) for i in range(m - 1, j)) if j >= m else best[j] for j in range(n + 1)]
+    return best[n]
+
+
+def test_small_groups_get_the_exact_optimum() -> None:
+    g = torch.Generator().manual_seed(5)
+    for n, k in ((5, 2), (9, 4), (16, 8), (32, 4), (32, 8)):
+        x = torch.randn(12, n, generator=g) ** 3
+        w = torch.rand(12, n, generator=g)
+        for weight in (None, w):
+            levels = lloyd_max(x, k, weight=weight)
+            idx = nearest_level(x, levels).long()
+            ww = torch.ones_like(x) if weight is None else weight
+            ours = (ww * (x - levels.gather(-1, idx)) ** 2).sum(-1)
+            for r in range(12):
+                ref = _reference_optimum(x[r].tolist(), ww[r].tolist(), k)
+                assert float(ours[r]) <= ref * (1 + 1e-4) + 1e-6, (n, k, r, float(ours[r]), ref)
