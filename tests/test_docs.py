@@ -30,3 +30,13 @@ def test_docstring_examples_run(name: str) -> None:
 
 def test_docs_exist_for_every_topic() -> None:
     assert {p.name for p in DOCS} >= {"schemes.md", "formats.md", "cli.md", "api.md"}
+
+
+def test_readme_tour_runs() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    qt = namespace["qt"]
+    assert isinstance(qt, quanta.QTensor)
+    assert (qt.nbytes, qt.bits_per_value) == (8781824, 4.1875)  # the figures the README's comment states
