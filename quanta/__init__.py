@@ -10,20 +10,27 @@ The tensor-level API::
 
 from quanta import errors
 from quanta._version import __version__
+from quanta.api import model_nbytes, quantize
 from quanta.codec import dequantize, fake_quantize, quantize_tensor
 from quanta.formats import get_format
 from quanta.primitives import metrics
+from quanta.recipe import Recipe, Rule, preset
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
 __all__ = [
     "QScheme",
     "QTensor",
+    "Recipe",
+    "Rule",
     "__version__",
     "dequantize",
     "errors",
     "fake_quantize",
     "get_format",
     "metrics",
+    "model_nbytes",
+    "preset",
+    "quantize",
     "quantize_tensor",
 ]

@@ -1,0 +1,152 @@
+"""``quanta.quantize``: orchestration only. Plan every module, validate everything, then swap modules.
+
+Nothing is mutated until the whole plan is valid, so a bad recipe or an unsupported target leaves the model as
+it was.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from quanta.codec import quantize_tensor
+from quanta.errors import QuantaError, UnsupportedError
+from quanta.nn.base import QuantModule, quant_class_for
+from quanta.primitives.checks import check_finite
+from quanta.recipe import Recipe, Rule, resolve_recipe
+from quanta.tensor import QTensor
+
+__all__ = ["METHODS", "model_nbytes", "quantize"]
+
+METHODS = ("rtn",)
+"""Post-training methods available for weights (later issues add gptq, awq, adaround, ...)."""
+
+
+@dataclass(frozen=True)
+class _Step:
+    name: str
+    module: nn.Module
+    rule: Rule
+    quant_class: type[QuantModule]
+
+
+def _plan(model: nn.Module, recipe: Recipe) -> list[_Step]:
+    steps: list[_Step] = []
+    unsupported: list[str] = []
+    for name, module in model.named_modules():
+        if not name or isinstance(module, QuantModule):
+            continue
+        rule = recipe.rule_for(name, module)
+        if rule is None or rule.skip or (rule.weight is None and rule.activation is None):
+            continue
+        quant_class = quant_class_for(module)
+        if quant_class is None:
+            if next(module.parameters(recurse=False), None) is not None and not list(module.children()):
+                unsupported.append(f"{name} ({type(module).__name__})")
+            continue
+        steps.append(_Step(name, module, rule, quant_class))
+    if unsupported:
+        warnings.warn(
+            f"no quantized twin for {len(unsupported)} module(s), left in float: {', '.join(unsupported[:8])}",
+            stacklevel=3,
+        )
+    if recipe.keep_first_last and len(steps) > 2:
+        steps = steps[1:-1]
+    return steps
+
+
+def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset: bool) -> None:
+    names = [n for n, _ in model.named_modules() if n]
+    if not from_preset:
+        for rule in recipe.rules:
+            if not any(rule.matches(n, m) for n, m in model.named_modules() if n):
+                close = difflib.get_close_matches(rule.pattern, names, n=5, cutoff=0.3)
+                raise QuantaError(
+                    f"recipe rule pattern={rule.pattern!r} type={rule.module_type!r} matches no module; "
+                    f"closest names: {close or names[:5]}."
+                )
+    for step in steps:
+        rule = step.rule
+        if rule.method not in METHODS:
+            raise UnsupportedError(
+                f"method {rule.method!r} (for {step.name}) is not available; available: {', '.join(METHODS)}."
+            )
+        if rule.activation is not None:
+            raise UnsupportedError(
+                f"activation quantization ({rule.activation} for {step.name}) is not implemented yet; "
+                "use a weights-only preset such as w8a16 or w4a16-g128."
+            )
+        weight = getattr(step.module, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            check_finite(weight.detach(), f"the weight of {step.name}")
+
+
+def quantize(
+    model: nn.Module,
+    recipe: Recipe | str | os.PathLike[str],
+    calib: Iterable[Any] | None = None,
+    *,
+    progress: bool = False,
+) -> nn.Module:
+    """Quantize ``model`` in place (and return it): every module a recipe rule matches becomes its packed twin.
+
+    Args:
+        model: any ``nn.Module``; no tracing is needed.
+        recipe: a :class:`~quanta.recipe.Recipe`, a preset name (``"w8a16"``, ``"w4a16-g128"``, ``"nf4-g64"``) or
+            the path of a recipe JSON file.
+        calib: calibration inputs, for recipes that need data (none of the weight-only RTN recipes do).
+        progress: show a progress bar.
+
+    Returns:
+        ``model``, with modules swapped.
+
+    Raises:
+        SchemeError: unknown preset or scheme. UnsupportedError: a method or activation scheme not available.
+        NonFiniteError: NaN/Inf in a weight (the message names the module). QuantaError: a rule of a custom
+        recipe that matches no module.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        >>> m = quantize(m, "w4a16-g32")
+        >>> type(m[0]).__name__, str(m[0].weight_scheme)
+        ('QuantLinear', 'int4:g32:asym:sf16')
+    """
+    from_preset = isinstance(recipe, str) and not recipe.endswith(".json")
+    resolved = resolve_recipe(recipe)
+    steps = _plan(model, resolved)
+    _validate(model, resolved, steps, from_preset)
+    done: dict[int, QTensor] = {}  # tied weights (one Parameter in several modules) are quantized once
+    iterator: Iterable[_Step] = steps
+    if progress:
+        from rich.progress import track
+
+        iterator = track(steps, description="quantizing")
+    for step in iterator:
+        weight = step.module.weight
+        assert isinstance(weight, torch.Tensor) and step.rule.weight is not None
+        qweight = done.get(id(weight))
+        if qweight is None:
+            qweight = quantize_tensor(weight.detach(), step.rule.weight)
+            done[id(weight)] = qweight
+        model.set_submodule(step.name, step.quant_class.from_float(step.module, qweight))
+    return model
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored, shared (tied) tensors counted once, no file headers."""
+    seen: set[tuple[int, int, torch.dtype]] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
