@@ -11,6 +11,7 @@ The tensor-level API::
 from quanta import errors
 from quanta._version import __version__
 from quanta.api import model_nbytes, quantize
+from quanta.checkpoint import load, save
 from quanta.codec import dequantize, fake_quantize, quantize_tensor
 from quanta.formats import get_format
 from quanta.primitives import metrics
@@ -28,9 +29,11 @@ __all__ = [
     "errors",
     "fake_quantize",
     "get_format",
+    "load",
     "metrics",
     "model_nbytes",
     "preset",
     "quantize",
     "quantize_tensor",
+    "save",
 ]

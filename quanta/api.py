@@ -136,6 +136,8 @@ def quantize(
             qweight = quantize_tensor(weight.detach(), step.rule.weight)
             done[id(weight)] = qweight
         model.set_submodule(step.name, step.quant_class.from_float(step.module, qweight))
+    # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
+    model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
     return model
 
 

@@ -59,6 +59,31 @@ def formats() -> None:
 
 
 @app.command()
+def recipes() -> None:
+    """Explain the preset grammar and list the named presets."""
+    from quanta.api import METHODS
+    from quanta.recipe import PRESET_GRAMMAR, SPECIAL_PRESETS, preset
+
+    console.print(f"Presets follow [bold]{escape(PRESET_GRAMMAR)}[/]:")
+    console.print("  W weight bits: per output channel, or groups of N along the reduction dim with -gN")
+    console.print("  A activation bits: 16 = weights only; otherwise static per-tensor, or per-token with -dyn")
+    console.print(f"  method: {', '.join(METHODS)} (default rtn); +kv8/+kv4: KV-cache bits for language models")
+    console.print("  Every preset keeps embeddings and lm_head in float.")
+    table = Table(title="examples and named presets")
+    for col in ("preset", "weights", "activations", "what"):
+        table.add_column(col)
+    examples = {
+        "w8a16": "int8 weights per channel, float activations",
+        "w4a16-g128": "int4 weights in groups of 128, fp16 scales and int zero points",
+        "w8a8": "int8 weights and static int8 activations (not implemented yet)",
+    }
+    for name, what in [*examples.items(), *((n, d) for n, (_, d) in SPECIAL_PRESETS.items())]:
+        main = preset(name).rules[-1]
+        table.add_row(name, str(main.weight), "float" if main.activation is None else str(main.activation), what)
+    console.print(table)
+
+
+@app.command()
 def scheme(text: Annotated[str, typer.Argument(help="A scheme string such as int4:g128:asym.")]) -> None:
     """Parse a scheme string and explain it."""
     from quanta.scheme import QScheme

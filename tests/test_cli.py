@@ -45,3 +45,10 @@ def test_demo_trains_caches_and_reports(tmp_path: Path) -> None:
 def test_error_messages_keep_square_brackets() -> None:
     result = runner.invoke(app, ["scheme", "int4:[x]"])
     assert result.exit_code == 2 and "'[x]'" in result.output
+
+
+def test_recipes_explains_the_grammar() -> None:
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0
+    for text in ("w{W}a{A}", "w4a16-g128", "int4:g128:asym:sf16", "nf4-g64", "ternary", "bnn"):
+        assert text in result.output

@@ -1,0 +1,147 @@
+"""``quanta.save`` / ``quanta.load``: one on-disk layout, ``model.safetensors`` + ``quanta.json``, never pickle.
+
+``model.safetensors`` holds the model's state dict as stored (packed codes, scales, float parameters) plus, for
+each packed weight, the QTensor metadata entry that :meth:`QTensor.from_dict` validates. Tensors shared by several
+modules (tied weights) are written once; ``quanta.json`` lists the aliases. ``quanta.json`` also records the
+format version, the recipe, each packed module's class and scheme, sizes and provenance.
+
+Writes go to a temporary directory beside the target, renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quanta._version import __version__
+from quanta.api import model_nbytes
+from quanta.errors import CorruptDataError, QuantaError
+from quanta.io import load_tensors, save_tensors
+from quanta.nn.base import QuantModule, quant_class_for
+from quanta.tensor import META_KEY, QTensor
+
+__all__ = ["CHECKPOINT_VERSION", "load", "save"]
+
+CHECKPOINT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "quanta.json"
+
+
+def _packed_modules(model: nn.Module) -> dict[str, QuantModule]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantModule)}
+
+
+def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``model`` to ``directory`` as ``model.safetensors`` + ``quanta.json``, atomically.
+
+    Raises:
+        QuantaError: ``directory`` exists and ``overwrite`` is False.
+    """
+    target = Path(directory)
+    if target.exists() and not overwrite:
+        raise QuantaError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it.")
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_name: dict[tuple[int, int, torch.dtype], str] = {}
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        if key in first_name:  # a tied tensor: stored once
+            aliases[name] = first_name[key]
+            continue
+        first_name[key] = name
+        tensors[name] = tensor
+    modules: dict[str, Any] = {}
+    for name, module in _packed_modules(model).items():
+        qt = module.qweight
+        meta_name = f"{name}.weight_{META_KEY}"
+        tensors[meta_name] = qt.to_dict()[META_KEY]
+        modules[name] = {"class": type(module).__name__, "scheme": str(qt.scheme), "nbytes": qt.nbytes}
+    config = {
+        "format_version": CHECKPOINT_VERSION,
+        "recipe": getattr(model, "quanta_recipe", None),
+        "modules": modules,
+        "aliases": aliases,
+        "model_nbytes": model_nbytes(model),
+        "provenance": {"quanta": __version__, "torch": torch.__version__},
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_tensors(staging / WEIGHTS_FILE, tensors)
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a saved quantized model into the float skeleton ``model`` (same architecture, any weights).
+
+    Packed modules are rebuilt from the stored codes (every QTensor is validated); everything else is loaded with
+    ``load_state_dict(strict=True)``. Outputs are bit-identical to the saved model's.
+
+    Raises:
+        QuantaError: no skeleton given. CorruptDataError: missing, newer, truncated or inconsistent files.
+    """
+    path = Path(directory)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CorruptDataError(f"{path} has no {CONFIG_FILE}; it is not a quanta model directory.")
+    try:
+        config = json.loads(config_path.read_text())
+        version = config["format_version"]
+        modules, aliases = dict(config["modules"]), dict(config.get("aliases", {}))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CorruptDataError(f"{config_path} is unreadable: {exc}") from exc
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CorruptDataError(
+            f"{config_path} has format_version {version!r}; "
+            f"this quanta reads up to {CHECKPOINT_VERSION}. Upgrade quanta."
+        )
+    if model is None:
+        raise QuantaError(
+            f"loading {path} needs the model's architecture: pass a skeleton, e.g. quanta.load(dir, MyNet())."
+        )
+    tensors = load_tensors(path / WEIGHTS_FILE)
+    for alias, original in aliases.items():
+        if original not in tensors:
+            raise CorruptDataError(f"{path}: alias {alias} points to missing tensor {original}.")
+        tensors[alias] = tensors[original]
+    built: dict[int, QTensor] = {}
+    for name, entry in modules.items():
+        try:
+            float_module = model.get_submodule(name)
+        except AttributeError as exc:
+            raise QuantaError(f"{path} has a packed module {name!r} that the skeleton lacks: {exc}") from exc
+        quant_class = quant_class_for(float_module)
+        if quant_class is None or quant_class.__name__ != entry.get("class"):
+            raise QuantaError(
+                f"{path}: module {name!r} was saved as {entry.get('class')}, but the skeleton has "
+                f"{type(float_module).__name__} there; pass the architecture the model was saved from."
+            )
+        qt = QTensor.from_dict(tensors, prefix=f"{name}.weight_")
+        shared = built.setdefault(qt.codes.data_ptr(), qt)  # tied weights share one QTensor again
+        model.set_submodule(name, quant_class.from_float(float_module, shared))
+    state = {k: v for k, v in tensors.items() if not k.endswith(f".weight_{META_KEY}")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CorruptDataError(f"{path} does not fit the skeleton: {exc}") from exc
+    model.quanta_recipe = config.get("recipe")
+    return model

@@ -1,0 +1,73 @@
+"""quanta.save / quanta.load: bit-identical round trips and refusal of damaged or mismatched checkpoints."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import quanta
+from quanta.errors import CorruptDataError, QuantaError
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+@pytest.mark.parametrize("preset", ["w8a16", "w4a16-g32", "nf4-g64", "w3a16-g16", "ternary"])
+def test_round_trip_is_bit_identical(preset: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = quanta.quantize(_net(), preset)
+    x = torch.randn(2, 1, 8, 8)
+    path = quanta.save(model, tmp_path / "q")
+    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "quanta.json"]
+    torch.manual_seed(1)  # a skeleton with different float weights: everything must come from the files
+    loaded = quanta.load(path, _net())
+    assert torch.equal(loaded(x), model(x))
+    assert quanta.model_nbytes(loaded) == quanta.model_nbytes(model)
+    config = json.loads((path / "quanta.json").read_text())
+    assert config["recipe"]["name"] == preset and config["format_version"] == 1
+
+
+def test_tied_weights_are_stored_once_and_stay_tied(tmp_path: Path) -> None:
+    emb, head = nn.Embedding(16, 8), nn.Linear(8, 16, bias=False)
+    head.weight = emb.weight
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    quanta.quantize(model, quanta.Recipe(rules=(quanta.Rule(weight=quanta.QScheme.parse("int8:ch")),)))
+    path = quanta.save(model, tmp_path / "tied")
+    skeleton = nn.ModuleDict({"emb": nn.Embedding(16, 8), "head": nn.Linear(8, 16, bias=False)})
+    skeleton["head"].weight = skeleton["emb"].weight
+    loaded = quanta.load(path, skeleton)
+    assert loaded["emb"].weight_codes.data_ptr() == loaded["head"].weight_codes.data_ptr()
+    assert quanta.model_nbytes(loaded) == quanta.model_nbytes(model)
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    model = quanta.quantize(_net(), "w8a16")
+    quanta.save(model, tmp_path / "q")
+    with pytest.raises(QuantaError, match="overwrite"):
+        quanta.save(model, tmp_path / "q")
+    quanta.save(model, tmp_path / "q", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no staging or backup directories left
+
+
+def test_damaged_or_mismatched_checkpoints(tmp_path: Path) -> None:
+    model = quanta.quantize(_net(), "w4a16-g32")
+    path = quanta.save(model, tmp_path / "q")
+    with pytest.raises(QuantaError, match="skeleton"):
+        quanta.load(path)
+    wrong = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    with pytest.raises(QuantaError, match="saved as QuantConv2d"):
+        quanta.load(path, wrong)
+    with pytest.raises(CorruptDataError, match=r"no quanta\.json"):
+        quanta.load(tmp_path, _net())
+    config = json.loads((path / "quanta.json").read_text())
+    (path / "quanta.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(CorruptDataError, match="Upgrade"):
+        quanta.load(path, _net())
+    (path / "quanta.json").write_text(json.dumps(config))
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptDataError, match="truncated or corrupt"):
+        quanta.load(path, _net())
