@@ -62,7 +62,12 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         qt = module.qweight
         meta_name = f"{name}.weight_{META_KEY}"
         tensors[meta_name] = qt.to_dict()[META_KEY]
-        modules[name] = {"class": type(module).__name__, "scheme": str(qt.scheme), "nbytes": qt.nbytes}
+        modules[name] = {
+            "class": type(module).__name__,
+            "scheme": str(qt.scheme),
+            "nbytes": qt.nbytes,
+            "kernel": getattr(module, "kernel", "reference"),
+        }
     config = {
         "format_version": CHECKPOINT_VERSION,
         "recipe": getattr(model, "quanta_recipe", None),
