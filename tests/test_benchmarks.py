@@ -24,3 +24,11 @@ def test_bench_primitives_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("int8:ch", "nf4:g64", "fake_quantize_per_channel_affine", "time ratio", "Command:"):
         assert text in out
+
+
+def test_bench_linear_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_linear")
+    bench.main(["--quick"])  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    for text in ("fp32 F.linear", "int8_weight_only", "torch dynamic int8", "vs bf16"):
+        assert text in out
