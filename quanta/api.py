@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from quanta import calib as calib_module
 from quanta.codec import quantize_tensor
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.nn.base import QuantModule, quant_class_for
+from quanta.observers import Observer, get_observer
 from quanta.primitives.checks import check_finite
 from quanta.recipe import Recipe, Rule, resolve_recipe
 from quanta.tensor import QTensor
@@ -78,14 +80,48 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
             raise UnsupportedError(
                 f"method {rule.method!r} (for {step.name}) is not available; available: {', '.join(METHODS)}."
             )
-        if rule.activation is not None:
+        act = rule.activation
+        if act is not None and (not act.format.lstrip("u").startswith("int") or act.granularity != "tensor"):
             raise UnsupportedError(
-                f"activation quantization ({rule.activation} for {step.name}) is not implemented yet; "
-                "use a weights-only preset such as w8a16 or w4a16-g128."
+                f"activation scheme {act} (for {step.name}) is not implemented yet: activations are quantized to "
+                "per-tensor integers (e.g. w8a8, w8a8-dyn) in this release."
             )
         weight = getattr(step.module, "weight", None)
         if isinstance(weight, torch.Tensor):
             check_finite(weight.detach(), f"the weight of {step.name}")
+
+
+def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None) -> dict[str, Observer]:
+    """Observe the inputs of every module whose rule quantizes activations statically."""
+    static = [s for s in steps if s.rule.activation is not None and not s.rule.dynamic]
+    if not static:
+        return {}
+    if calib is None:
+        raise QuantaError(
+            f"{static[0].rule.activation} activations are quantized statically and need calibration data: "
+            "pass calib=... (an iterable of inputs), or use dynamic activations (e.g. w8a8-dyn)."
+        )
+    observers: dict[str, Observer] = {}
+    handles = []
+    for step in static:
+        assert step.rule.activation is not None
+        observer = get_observer(step.rule.activation.observer or "minmax")
+        observers[step.name] = observer
+
+        def hook(_module: nn.Module, args: tuple[Any, ...], observer: Observer = observer) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                observer.update(args[0])
+
+        handles.append(step.module.register_forward_pre_hook(hook))
+    try:
+        calib_module.run(model, calib)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, observer in observers.items():
+        if not hasattr(observer, "min_"):
+            raise QuantaError(f"calibration never reached {name}; check that the data exercises the whole model.")
+    return observers
 
 
 def quantize(
@@ -122,6 +158,7 @@ def quantize(
     resolved = resolve_recipe(recipe)
     steps = _plan(model, resolved)
     _validate(model, resolved, steps, from_preset)
+    observers = _calibrate(model, steps, calib)  # runs the float model; nothing is mutated yet
     done: dict[int, QTensor] = {}  # tied weights (one Parameter in several modules) are quantized once
     iterator: Iterable[_Step] = steps
     if progress:
@@ -135,7 +172,15 @@ def quantize(
         if qweight is None:
             qweight = quantize_tensor(weight.detach(), step.rule.weight)
             done[id(weight)] = qweight
-        model.set_submodule(step.name, step.quant_class.from_float(step.module, qweight))
+        packed = step.quant_class.from_float(step.module, qweight)
+        act = step.rule.activation
+        if act is not None:
+            if step.rule.dynamic:
+                packed.set_activation(act, dynamic=True)
+            else:
+                scale, zero = observers[step.name].qparams(act)
+                packed.set_activation(act, dynamic=False, scale=scale, zero=zero)
+        model.set_submodule(step.name, packed)
     # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
     return model

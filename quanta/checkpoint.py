@@ -25,6 +25,7 @@ from quanta.api import model_nbytes
 from quanta.errors import CorruptDataError, QuantaError
 from quanta.io import load_tensors, save_tensors
 from quanta.nn.base import QuantModule, quant_class_for
+from quanta.scheme import QScheme
 from quanta.tensor import META_KEY, QTensor
 
 __all__ = ["CHECKPOINT_VERSION", "load", "save"]
@@ -67,6 +68,8 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
             "scheme": str(qt.scheme),
             "nbytes": qt.nbytes,
             "kernel": getattr(module, "kernel", "reference"),
+            "activation": None if module.act_scheme is None else str(module.act_scheme),
+            "dynamic": module.act_dynamic,
         }
     config = {
         "format_version": CHECKPOINT_VERSION,
@@ -142,7 +145,10 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             )
         qt = QTensor.from_dict(tensors, prefix=f"{name}.weight_")
         shared = built.setdefault(qt.codes.data_ptr(), qt)  # tied weights share one QTensor again
-        model.set_submodule(name, quant_class.from_float(float_module, shared))
+        packed = quant_class.from_float(float_module, shared)
+        if entry.get("activation"):  # buffers are created here and filled by load_state_dict below
+            packed.set_activation(QScheme.parse(entry["activation"]), bool(entry.get("dynamic", False)))
+        model.set_submodule(name, packed)
     state = {k: v for k, v in tensors.items() if not k.endswith(f".weight_{META_KEY}")}
     try:
         model.load_state_dict(state, strict=True)

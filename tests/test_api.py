@@ -100,8 +100,10 @@ def test_validation_happens_before_any_module_changes() -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnsupportedError, match="available: rtn"):
         quanta.quantize(model, "w4a16-g32-gptq")
-    with pytest.raises(UnsupportedError, match="w8a16"):
+    with pytest.raises(QuantaError, match="calibration data"):
         quanta.quantize(model, "w8a8")
+    with pytest.raises(UnsupportedError, match="per-tensor integers"):
+        quanta.quantize(model, "fp8")
     with pytest.raises(SchemeError, match="unknown preset"):
         quanta.quantize(model, "w4x16")
     bad = quanta.Recipe(rules=(quanta.Rule(pattern="encoder.*", weight=quanta.QScheme.parse("int8")),))

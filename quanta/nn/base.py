@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from quanta.primitives.affine import int_range, symmetric_scale
+from quanta.primitives.ste import fake_quantize_affine
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
@@ -26,6 +28,8 @@ class QuantModule(nn.Module):
 
     float_type: ClassVar[type[nn.Module]]
     weight_codes: torch.Tensor
+    act_scale: torch.Tensor
+    act_zero: torch.Tensor
 
     def _set_qweight(self, qt: QTensor) -> None:
         self.weight_scheme: QScheme = qt.scheme
@@ -36,6 +40,32 @@ class QuantModule(nn.Module):
         self.register_buffer("weight_codes", qt.codes)
         for name, value in qt.params.items():
             self.register_buffer(f"weight_{name}", value)
+        self.act_scheme: QScheme | None = None
+        self.act_dynamic = False
+
+    def set_activation(
+        self, scheme: QScheme, dynamic: bool, scale: torch.Tensor | None = None, zero: torch.Tensor | None = None
+    ) -> None:
+        """Quantize this module's input with an integer ``scheme``: per token at run time (``dynamic``), or with
+        the calibrated per-tensor ``scale`` / ``zero`` (stored as buffers ``act_scale`` / ``act_zero``)."""
+        self.act_scheme, self.act_dynamic = scheme, dynamic
+        if not dynamic:
+            self.register_buffer("act_scale", (torch.ones(()) if scale is None else scale).reshape(()).float())
+            self.register_buffer("act_zero", (torch.zeros(()) if zero is None else zero).reshape(()).to(torch.int32))
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the activation scheme sees it (fake-quantized, same dtype), or unchanged without one."""
+        scheme = self.act_scheme
+        if scheme is None:
+            return x
+        fmt = scheme.fmt
+        qmin, qmax = int_range(fmt.bits, fmt.signed_codes, scheme.narrow)
+        values = x.float()
+        if self.act_dynamic:  # one symmetric scale per token (last dim), computed now
+            z0 = 0 if fmt.signed_codes else 1 << (fmt.bits - 1)
+            scale = symmetric_scale(values.amin(-1, keepdim=True), values.amax(-1, keepdim=True), qmin - z0, qmax - z0)
+            return fake_quantize_affine(values, scale, z0, qmin, qmax).to(x.dtype)
+        return fake_quantize_affine(values, self.act_scale, self.act_zero, qmin, qmax).to(x.dtype)
 
     @property
     def qweight(self) -> QTensor:
@@ -55,7 +85,8 @@ class QuantModule(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight_scheme}, shape={tuple(self.weight_shape)}"
+        act = "" if self.act_scheme is None else f", input={self.act_scheme}{' per token' if self.act_dynamic else ''}"
+        return f"weight={self.weight_scheme}, shape={tuple(self.weight_shape)}{act}"
 
 
 def register_quant_module(float_type: type[nn.Module]) -> Callable[[type[Any]], type[Any]]:

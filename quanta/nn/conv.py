@@ -42,6 +42,7 @@ class _QuantConv(QuantModule):
         return cls(module, qweight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         weight = self.dequantized_weight(x.dtype)
         return self.conv_fn(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)

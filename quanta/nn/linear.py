@@ -27,6 +27,7 @@ class QuantLinear(QuantModule):
         return cls(module.in_features, module.out_features, qweight, module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantize_input(x)
         kernel = self._kernel
         if kernel is not None and x.dtype in kernel.input_dtypes and not forced_reference():
             return kernel.run(x, self)
