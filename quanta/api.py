@@ -80,6 +80,10 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
             raise UnsupportedError(
                 f"method {rule.method!r} (for {step.name}) is not available; available: {', '.join(METHODS)}."
             )
+        if rule.weight is None:
+            raise UnsupportedError(
+                f"{step.name}: quantizing activations with float weights is not supported yet; give a weight scheme."
+            )
         act = rule.activation
         if act is not None and (not act.format.lstrip("u").startswith("int") or act.granularity != "tensor"):
             raise UnsupportedError(

@@ -124,3 +124,10 @@ def test_unsupported_leaf_modules_are_reported() -> None:
     with pytest.warns(UserWarning, match="LSTM"):
         quanta.quantize(model, "w8a16")
     assert isinstance(model[0], QuantLinear) and isinstance(model[1], nn.LSTM)
+
+
+def test_activation_only_recipes_are_refused_and_progress_bar_runs() -> None:
+    with pytest.raises(UnsupportedError, match="float weights"):
+        quanta.quantize(_cnn(), "w16a8-dyn")
+    model = quanta.quantize(_cnn(), "w8a16", progress=True)
+    assert isinstance(model[5], QuantLinear)
