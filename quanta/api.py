@@ -50,7 +50,8 @@ def _plan(model: nn.Module, recipe: Recipe) -> list[_Step]:
             continue
         quant_class = quant_class_for(module)
         if quant_class is None:
-            if next(module.parameters(recurse=False), None) is not None and not list(module.children()):
+            # Only modules with matrix weights are worth reporting (norms and biases stay float by design).
+            if any(p.dim() >= 2 for p in module.parameters(recurse=False)) and not list(module.children()):
                 unsupported.append(f"{name} ({type(module).__name__})")
             continue
         steps.append(_Step(name, module, rule, quant_class))
