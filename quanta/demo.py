@@ -175,3 +175,47 @@ def run_demo(model: nn.Module, schemes: tuple[str, ...] = DEMO_SCHEMES) -> tuple
         for name, w in original.items():
             modules[name].weight.copy_(w)
     return baseline, rows
+
+
+DEMO_PRESETS = ("w8a16", "w8a8", "w4a16-g32", "nf4-g64", "ternary", "binary")
+
+
+@dataclass(frozen=True)
+class PresetRow:
+    recipe: str
+    accuracy: float
+    nbytes: int
+    latency_ms: float
+
+
+def run_presets(model: nn.Module, presets: tuple[str, ...] = DEMO_PRESETS) -> tuple[PresetRow, list[PresetRow]]:
+    """Quantize copies of the whole model with each preset (calibrating on training images where needed).
+
+    Returns:
+        The float row and one row per preset: test accuracy, ``quanta.model_nbytes`` and the median latency of a
+        forward pass over the 360 test images.
+    """
+    import copy
+    import statistics
+    import time
+
+    from quanta.api import model_nbytes, quantize
+
+    x_train, _, x_test, y_test = digits_data()
+
+    def latency(m: nn.Module) -> float:
+        with torch.no_grad():
+            m(x_test)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                m(x_test)
+                times.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(times)
+
+    base = PresetRow("float", accuracy(model, x_test, y_test), model_nbytes(model), latency(model))
+    rows = []
+    for name in presets:
+        q = quantize(copy.deepcopy(model), name, calib=x_train.split(256))
+        rows.append(PresetRow(name, accuracy(q, x_test, y_test), model_nbytes(q), latency(q)))
+    return base, rows

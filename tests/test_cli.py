@@ -36,7 +36,7 @@ def test_demo_trains_caches_and_reports(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "trained and cached" in result.output and str(tmp_path) in result.output
     assert (tmp_path / "digits_cnn-v1.safetensors").exists()
-    for scheme in ("int8:ch", "nf4:g64:sf16", "binary:ch", "lloyd3:ch:sf16"):
+    for scheme in ("int8:ch", "nf4:g64:sf16", "binary:ch", "lloyd3:ch:sf16", "w8a8", "w4a16-g32", "Whole-model"):
         assert scheme in result.output
     again = runner.invoke(app, ["demo", "--cache-dir", str(tmp_path)])
     assert again.exit_code == 0 and "loaded cached" in again.output

@@ -43,3 +43,13 @@ def test_corrupt_cache_is_retrained(tmp_path: Path) -> None:
     path.write_bytes(b"garbage")
     _, got, trained = load_or_train(tmp_path, epochs=1)
     assert got == path and trained
+
+
+def test_whole_model_presets_keep_accuracy_and_shrink_the_model(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from quanta.demo import run_presets
+
+    model, _, _ = load_or_train(tmp_path_factory.mktemp("cache2"))
+    base, rows = run_presets(model, ("w8a16", "w8a8", "w4a16-g32"))
+    for row in rows:
+        assert abs(row.accuracy - base.accuracy) <= 0.02, row
+        assert row.nbytes < base.nbytes / 3, row
