@@ -84,6 +84,45 @@ def recipes() -> None:
 
 
 @app.command()
+def inspect(
+    directory: Annotated[Path, typer.Argument(help="A directory written by quanta.save.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    """Show the per-module schemes, kernels and bytes of a saved quantized model."""
+    import json
+
+    from quanta.checkpoint import CONFIG_FILE
+
+    path = directory / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+        modules = dict(config["modules"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        console.print(f"[bold red]error:[/] {escape(str(path))} is not a readable quanta.json ({escape(str(exc))}).")
+        raise typer.Exit(code=2) from exc
+    if as_json:
+        typer.echo(json.dumps(config, indent=2, sort_keys=True))
+        return
+    recipe = (config.get("recipe") or {}).get("name", "?")
+    table = Table(title=f"{directory} (recipe {recipe}, {config.get('model_nbytes', 0):,} bytes in all)")
+    for col in ("module", "class", "weight", "input", "kernel", "weight bytes"):
+        table.add_column(col, justify="right" if col == "weight bytes" else "left")
+    for name, entry in modules.items():
+        act = entry.get("activation") or "float"
+        if entry.get("activation") and entry.get("dynamic"):
+            act += " (per token)"
+        table.add_row(
+            name,
+            entry.get("class", "?"),
+            entry.get("scheme", "?"),
+            act,
+            entry.get("kernel", "?"),
+            f"{entry.get('nbytes', 0):,}",
+        )
+    console.print(table)
+
+
+@app.command()
 def scheme(text: Annotated[str, typer.Argument(help="A scheme string such as int4:g128:asym.")]) -> None:
     """Parse a scheme string and explain it."""
     from quanta.scheme import QScheme

@@ -52,3 +52,18 @@ def test_recipes_explains_the_grammar() -> None:
     assert result.exit_code == 0
     for text in ("w{W}a{A}", "w4a16-g128", "int4:g128:asym:sf16", "nf4-g64", "ternary", "bnn"):
         assert text in result.output
+
+
+def test_inspect_a_saved_model(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    model = quanta.quantize(torch.nn.Sequential(torch.nn.Linear(8, 4)), "w8a16")
+    quanta.save(model, tmp_path / "m")
+    result = runner.invoke(app, ["inspect", str(tmp_path / "m")])
+    assert result.exit_code == 0 and "int8:ch" in result.output and "int8_weight_only" in result.output
+    result = runner.invoke(app, ["inspect", str(tmp_path / "m"), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["modules"]["0"]["scheme"] == "int8:ch"
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2 and "quanta.json" in result.output
