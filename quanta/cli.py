@@ -39,6 +39,15 @@ def main(
     """quanta: quantize tensors and models, and see what it costs."""
 
 
+def _numbers_table(title: str, label: str, columns: tuple[str, ...]) -> Table:
+    """A table with one text column and right-aligned number columns that never wrap."""
+    table = Table(title=title)
+    table.add_column(label, no_wrap=True)
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True)
+    return table
+
+
 def _fail(exc: QuantaError) -> None:
     console.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(code=2)
@@ -173,10 +182,11 @@ def demo(
     console.print(f"{'trained and cached' if trained else 'loaded cached'} digits CNN: {path}")
     with console.status("quantizing with every format..."):
         baseline, rows = run_demo(model)
-    table = Table(title="Digits CNN: every conv/linear weight quantized, 360 test images")
-    table.add_column("scheme", no_wrap=True)
-    for col in ("bits/w", "SQNR dB", "bytes", "ratio", "accuracy", "change"):
-        table.add_column(col, justify="right", no_wrap=True)
+    table = _numbers_table(
+        "Digits CNN: every conv/linear weight quantized, 360 test images",
+        "scheme",
+        ("bits/w", "SQNR dB", "bytes", "ratio", "accuracy", "change"),
+    )
     table.add_row(baseline.scheme, "32.00", "inf", f"{baseline.nbytes:,}", "1.0x", f"{baseline.accuracy:.2%}", "")
     for r in rows:
         table.add_row(
@@ -194,10 +204,11 @@ def demo(
     )
     with console.status("quantizing the whole model with presets..."):
         base, preset_rows = run_presets(model)
-    presets = Table(title="Whole-model presets (quanta.quantize; w8a8 calibrated on the training images)")
-    presets.add_column("recipe", no_wrap=True)
-    for col in ("accuracy", "change", "bytes", "ratio", "latency ms", "speedup"):
-        presets.add_column(col, justify="right", no_wrap=True)
+    presets = _numbers_table(
+        "Whole-model presets (quanta.quantize; w8a8 calibrated on the training images)",
+        "recipe",
+        ("accuracy", "change", "bytes", "ratio", "latency ms", "speedup"),
+    )
     presets.add_row("float", f"{base.accuracy:.2%}", "", f"{base.nbytes:,}", "1.0x", f"{base.latency_ms:.2f}", "1.00x")
     for p in preset_rows:
         presets.add_row(
