@@ -23,6 +23,7 @@ from quanta.primitives.affine import (
     int_range,
     quantize_affine,
     symmetric_scale,
+    symmetric_zero,
 )
 from quanta.primitives.checks import check_bits
 
@@ -45,7 +46,7 @@ class IntegerFormat(Format):
         return int_range(self.bits, self.signed_codes, scheme.narrow)
 
     def _sym_zero(self) -> int:
-        return 0 if self.signed_codes else 1 << (self.bits - 1)
+        return symmetric_zero(self.bits, self.signed_codes)
 
     def param_spec(self, scheme: QScheme) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         dtype = SCALE_DTYPES[scheme.scale_dtype]

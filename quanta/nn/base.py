@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from quanta.primitives.affine import int_range, symmetric_scale
+from quanta.primitives.affine import int_range, symmetric_scale, symmetric_zero
 from quanta.primitives.ste import fake_quantize_affine
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
@@ -62,7 +62,7 @@ class QuantModule(nn.Module):
         qmin, qmax = int_range(fmt.bits, fmt.signed_codes, scheme.narrow)
         values = x.float()
         if self.act_dynamic:  # one symmetric scale per token (last dim), computed now
-            z0 = 0 if fmt.signed_codes else 1 << (fmt.bits - 1)
+            z0 = symmetric_zero(fmt.bits, fmt.signed_codes)
             scale = symmetric_scale(values.amin(-1, keepdim=True), values.amax(-1, keepdim=True), qmin - z0, qmax - z0)
             return fake_quantize_affine(values, scale, z0, qmin, qmax).to(x.dtype)
         return fake_quantize_affine(values, self.act_scale, self.act_zero, qmin, qmax).to(x.dtype)

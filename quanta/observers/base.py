@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import torch
 
 from quanta.errors import QuantaError, UnsupportedError
-from quanta.primitives.affine import affine_qparams, int_range, symmetric_scale
+from quanta.formats.base import SCALE_DTYPES
+from quanta.primitives.affine import affine_qparams, int_range, symmetric_scale, symmetric_zero
 from quanta.primitives.checks import check_float_tensor
 from quanta.scheme import QScheme
 
@@ -67,10 +68,10 @@ class Observer(ABC):
         lo, hi = self.range()
         lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
         qmin, qmax = int_range(fmt.bits, fmt.signed_codes, scheme.narrow)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[scheme.scale_dtype]
+        dtype = SCALE_DTYPES[scheme.scale_dtype]
         if scheme.mode == "asym":
             return affine_qparams(lo_t, hi_t, qmin, qmax, dtype)
-        z0 = 0 if fmt.signed_codes else 1 << (fmt.bits - 1)
+        z0 = symmetric_zero(fmt.bits, fmt.signed_codes)
         return symmetric_scale(lo_t, hi_t, qmin - z0, qmax - z0, dtype), torch.tensor(z0, dtype=torch.int32)
 
 

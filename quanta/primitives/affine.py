@@ -32,6 +32,7 @@ __all__ = [
     "quantize_affine",
     "storage_scale",
     "symmetric_scale",
+    "symmetric_zero",
 ]
 
 
@@ -58,6 +59,11 @@ def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
             "use the full range or more bits."
         )
     return qmin, qmax
+
+
+def symmetric_zero(bits: int, signed: bool) -> int:
+    """Zero point of a symmetric grid: 0 for signed codes, the midpoint ``2**(bits-1)`` for unsigned ones (torch's)."""
+    return 0 if signed else 1 << (bits - 1)
 
 
 def storage_param(value: torch.Tensor, dtype: torch.dtype, what: str = "parameter") -> torch.Tensor:
