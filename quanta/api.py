@@ -91,9 +91,11 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
                 f"activation scheme {act} (for {step.name}) is not implemented yet: activations are quantized to "
                 "per-tensor integers (e.g. w8a8, w8a8-dyn) in this release."
             )
-        weight = getattr(step.module, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            check_finite(weight.detach(), f"the weight of {step.name}")
+        for weight_name in step.quant_class.weight_names(step.module):
+            weight = getattr(step.module, weight_name, None)
+            if not isinstance(weight, torch.Tensor):
+                raise UnsupportedError(f"{step.name} has no tensor {weight_name!r} to quantize.")
+            check_finite(weight.detach(), f"the {weight_name} of {step.name}")
 
 
 def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None) -> dict[str, Observer]:
@@ -171,13 +173,16 @@ def quantize(
 
         iterator = track(steps, description="quantizing")
     for step in iterator:
-        weight = step.module.weight
-        assert isinstance(weight, torch.Tensor) and step.rule.weight is not None
-        qweight = done.get(id(weight))
-        if qweight is None:
-            qweight = quantize_tensor(weight.detach(), step.rule.weight)
-            done[id(weight)] = qweight
-        packed = step.quant_class.from_float(step.module, qweight)
+        assert step.rule.weight is not None
+        qweights: dict[str, QTensor] = {}
+        for weight_name in step.quant_class.weight_names(step.module):
+            weight = getattr(step.module, weight_name)
+            qweight = done.get(id(weight))
+            if qweight is None:
+                qweight = quantize_tensor(weight.detach(), step.rule.weight)
+                done[id(weight)] = qweight
+            qweights[weight_name] = qweight
+        packed = step.quant_class.from_float_weights(step.module, qweights)
         act = step.rule.activation
         if act is not None:
             if step.rule.dynamic:

@@ -60,13 +60,16 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         tensors[name] = tensor
     modules: dict[str, Any] = {}
     for name, module in _packed_modules(model).items():
-        qt = module.qweight
-        meta_name = f"{name}.weight_{META_KEY}"
-        tensors[meta_name] = qt.to_dict()[META_KEY]
+        weights: dict[str, Any] = {}
+        for weight_name, qt in module.qweights.items():
+            tensors[f"{name}.{weight_name}_{META_KEY}"] = qt.to_dict()[META_KEY]
+            weights[weight_name] = {"scheme": str(qt.scheme), "nbytes": qt.nbytes}
+        first = next(iter(weights.values()))
         modules[name] = {
             "class": type(module).__name__,
-            "scheme": str(qt.scheme),
-            "nbytes": qt.nbytes,
+            "scheme": first["scheme"],  # the (first) weight's scheme, as version-1 readers expect
+            "nbytes": sum(w["nbytes"] for w in weights.values()),
+            "weights": weights,
             "kernel": getattr(module, "kernel", "reference"),
             "activation": None if module.act_scheme is None else str(module.act_scheme),
             "dynamic": module.act_dynamic,
@@ -74,6 +77,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
     config = {
         "format_version": CHECKPOINT_VERSION,
         "recipe": getattr(model, "quanta_recipe", None),
+        "zoo": getattr(model, "quanta_zoo", None),
         "modules": modules,
         "aliases": aliases,
         "model_nbytes": model_nbytes(model),
@@ -102,7 +106,9 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     """Rebuild a saved quantized model into the float skeleton ``model`` (same architecture, any weights).
 
     Packed modules are rebuilt from the stored codes (every QTensor is validated); everything else is loaded with
-    ``load_state_dict(strict=True)``. Outputs are bit-identical to the saved model's.
+    ``load_state_dict(strict=True, assign=True)``, so a skeleton built under ``torch.device("meta")`` works and no
+    float weight is ever materialised. Without a skeleton, a model from ``quanta.zoo`` is rebuilt (on the meta
+    device) from the name recorded in quanta.json. Outputs are bit-identical to the saved model's.
 
     Raises:
         QuantaError: no skeleton given. CorruptDataError: missing, newer, truncated or inconsistent files.
@@ -123,15 +129,14 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             f"this quanta reads up to {CHECKPOINT_VERSION}. Upgrade quanta."
         )
     if model is None:
-        raise QuantaError(
-            f"loading {path} needs the model's architecture: pass a skeleton, e.g. quanta.load(dir, MyNet())."
-        )
+        model = _skeleton_from_config(path, config)
     tensors = load_tensors(path / WEIGHTS_FILE)
     for alias, original in aliases.items():
         if original not in tensors:
             raise CorruptDataError(f"{path}: alias {alias} points to missing tensor {original}.")
         tensors[alias] = tensors[original]
     built: dict[int, QTensor] = {}
+    meta_keys: set[str] = set()
     for name, entry in modules.items():
         try:
             float_module = model.get_submodule(name)
@@ -143,16 +148,38 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
                 f"{path}: module {name!r} was saved as {entry.get('class')}, but the skeleton has "
                 f"{type(float_module).__name__} there; pass the architecture the model was saved from."
             )
-        qt = QTensor.from_dict(tensors, prefix=f"{name}.weight_")
-        shared = built.setdefault(qt.codes.data_ptr(), qt)  # tied weights share one QTensor again
-        packed = quant_class.from_float(float_module, shared)
+        qweights: dict[str, QTensor] = {}
+        for weight_name in entry.get("weights") or {"weight": None}:
+            qt = QTensor.from_dict(tensors, prefix=f"{name}.{weight_name}_")
+            qweights[weight_name] = built.setdefault(qt.codes.data_ptr(), qt)  # tied weights share one QTensor
+            meta_keys.add(f"{name}.{weight_name}_{META_KEY}")
+        packed = quant_class.from_float_weights(float_module, qweights)
         if entry.get("activation"):  # buffers are created here and filled by load_state_dict below
             packed.set_activation(QScheme.parse(entry["activation"]), bool(entry.get("dynamic", False)))
         model.set_submodule(name, packed)
-    state = {k: v for k, v in tensors.items() if not k.endswith(f".weight_{META_KEY}")}
+    state = {k: v for k, v in tensors.items() if k not in meta_keys}
     try:
-        model.load_state_dict(state, strict=True)
+        # assign=True: a skeleton built on the meta device takes the loaded tensors as they are (no float copy).
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise CorruptDataError(f"{path} does not fit the skeleton: {exc}") from exc
+    left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left_on_meta:
+        raise CorruptDataError(f"{path} does not hold {', '.join(left_on_meta[:5])}; the skeleton kept meta tensors.")
     model.quanta_recipe = config.get("recipe")
+    if config.get("zoo"):
+        model.quanta_zoo = config["zoo"]
     return model
+
+
+def _skeleton_from_config(path: Path, config: dict[str, Any]) -> nn.Module:
+    """The architecture named in quanta.json (a ``quanta.zoo`` model), built on the meta device (no float weights)."""
+    zoo_name = config.get("zoo")
+    if not zoo_name:
+        raise QuantaError(
+            f"loading {path} needs the model's architecture: pass a skeleton, e.g. quanta.load(dir, MyNet())."
+        )
+    from quanta.zoo import build
+
+    with torch.device("meta"):
+        return build(str(zoo_name))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import quanta
+from quanta import zoo
 from quanta.errors import CorruptDataError, QuantaError
 
 
@@ -71,3 +72,37 @@ def test_damaged_or_mismatched_checkpoints(tmp_path: Path) -> None:
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptDataError, match="truncated or corrupt"):
         quanta.load(path, _net())
+
+
+def test_zoo_models_reload_without_a_skeleton_and_without_float_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = zoo.build("lenet5").eval()
+    quanta.quantize(model, "w8a16")
+    path = quanta.save(model, tmp_path / "lenet")
+    assert json.loads((path / "quanta.json").read_text())["zoo"] == "lenet5"
+    loaded = quanta.load(path)  # the skeleton comes from quanta.json, built on the meta device
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(loaded.eval()(x), model(x))
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+
+
+def test_meta_skeleton_loads_bit_identically(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = quanta.quantize(_net(), "w4a16-g32")
+    path = quanta.save(model, tmp_path / "q")
+    with torch.device("meta"):
+        skeleton = _net()
+    loaded = quanta.load(path, skeleton)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_a_skeleton_with_parts_the_file_lacks_is_refused(tmp_path: Path) -> None:
+    model = quanta.quantize(_net(), "w8a16")
+    path = quanta.save(model, tmp_path / "q")
+    with pytest.raises(QuantaError, match="pass a skeleton"):
+        quanta.load(path)
+    with torch.device("meta"):
+        bigger = nn.Sequential(*_net(), nn.Linear(10, 3))
+    with pytest.raises(CorruptDataError, match="does not fit"):
+        quanta.load(path, bigger)

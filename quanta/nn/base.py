@@ -7,7 +7,7 @@ module. There is no float copy: the forward pass dequantizes on the fly (the ref
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -31,17 +31,54 @@ class QuantModule(nn.Module):
     act_scale: torch.Tensor
     act_zero: torch.Tensor
 
-    def _set_qweight(self, qt: QTensor) -> None:
-        self.weight_scheme: QScheme = qt.scheme
-        self.weight_shape = qt.shape
-        self.weight_dtype = qt.dtype
-        self.weight_axis = qt.axis
-        self._weight_params = tuple(qt.params)
-        self.register_buffer("weight_codes", qt.codes)
-        for name, value in qt.params.items():
-            self.register_buffer(f"weight_{name}", value)
-        self.act_scheme: QScheme | None = None
-        self.act_dynamic = False
+    def _set_qweight(self, qt: QTensor, name: str = "weight") -> None:
+        """Hold ``qt`` as buffers ``{name}_codes`` and ``{name}_<param>`` (a module may hold several weights)."""
+        if not hasattr(self, "_qweight_meta"):
+            self._qweight_meta: dict[str, tuple[QScheme, torch.Size, torch.dtype, int | None, tuple[str, ...]]] = {}
+            self.act_scheme: QScheme | None = None
+            self.act_dynamic = False
+        self._qweight_meta[name] = (qt.scheme, qt.shape, qt.dtype, qt.axis, tuple(qt.params))
+        self.register_buffer(f"{name}_codes", qt.codes)
+        for param, value in qt.params.items():
+            self.register_buffer(f"{name}_{param}", value)
+        if name == "weight":  # the common single-weight case keeps short attribute names
+            self.weight_scheme: QScheme = qt.scheme
+            self.weight_shape = qt.shape
+            self.weight_dtype = qt.dtype
+            self.weight_axis = qt.axis
+            self._weight_params = tuple(qt.params)
+
+    @classmethod
+    def weight_names(cls, module: nn.Module) -> tuple[str, ...]:
+        """Names of the float weights of ``module`` that this class quantizes (``("weight",)`` by default)."""
+        return ("weight",)
+
+    @classmethod
+    def from_float_weights(cls, module: nn.Module, qweights: Mapping[str, QTensor]) -> QuantModule:
+        """Build the packed twin of ``module`` from its quantized weights, keyed by :meth:`weight_names`."""
+        return cls.from_float(module, qweights["weight"])
+
+    def _qweight_buffers(self) -> set[str]:
+        """Buffer names that hold stored parameters of the packed weights (never cast to another dtype)."""
+        return {f"{n}_{p}" for n, meta in self._qweight_meta.items() for p in meta[4]}
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> QuantModule:
+        # ``.to(dtype)`` / ``.bfloat16()`` cast every float buffer, which would re-round the stored scales (and
+        # break the scheme's scale dtype). The stored parameters and the activation scale only follow the device.
+        keep = {
+            n: b
+            for n, b in self._buffers.items()
+            if b is not None and (n in self._qweight_buffers() or n == "act_scale")
+        }
+        for n in keep:
+            del self._buffers[n]
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for n, b in keep.items():
+                device = fn(torch.empty(0, device=b.device)).device if b.device.type != "meta" else b.device
+                self._buffers[n] = b.to(device)
+        return self
 
     def set_activation(
         self, scheme: QScheme, dynamic: bool, scale: torch.Tensor | None = None, zero: torch.Tensor | None = None
@@ -67,17 +104,25 @@ class QuantModule(nn.Module):
             return fake_quantize_affine(values, scale, z0, qmin, qmax).to(x.dtype)
         return fake_quantize_affine(values, self.act_scale, self.act_zero, qmin, qmax).to(x.dtype)
 
+    def qweight_named(self, name: str) -> QTensor:
+        """The packed weight ``name`` as a QTensor (views of this module's buffers, no copy)."""
+        scheme, shape, dtype, axis, param_names = self._qweight_meta[name]
+        params = {p: getattr(self, f"{name}_{p}") for p in param_names}
+        return QTensor(getattr(self, f"{name}_codes"), params, scheme, shape, dtype, axis)
+
     @property
     def qweight(self) -> QTensor:
         """The packed weight as a QTensor (views of this module's buffers, no copy)."""
-        params = {name: getattr(self, f"weight_{name}") for name in self._weight_params}
-        return QTensor(
-            self.weight_codes, params, self.weight_scheme, self.weight_shape, self.weight_dtype, self.weight_axis
-        )
+        return self.qweight_named("weight")
 
-    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The weight reconstructed in ``dtype`` (a temporary: nothing is cached)."""
-        return self.qweight.dequantize().to(dtype)
+    @property
+    def qweights(self) -> dict[str, QTensor]:
+        """Every packed weight of this module, by name."""
+        return {name: self.qweight_named(name) for name in self._qweight_meta}
+
+    def dequantized_weight(self, dtype: torch.dtype, name: str = "weight") -> torch.Tensor:
+        """The weight ``name`` reconstructed in ``dtype`` (a temporary: nothing is cached)."""
+        return self.qweight_named(name).dequantize().to(dtype)
 
     @classmethod
     def from_float(cls, module: nn.Module, qweight: QTensor) -> QuantModule:
@@ -86,7 +131,10 @@ class QuantModule(nn.Module):
 
     def extra_repr(self) -> str:
         act = "" if self.act_scheme is None else f", input={self.act_scheme}{' per token' if self.act_dynamic else ''}"
-        return f"weight={self.weight_scheme}, shape={tuple(self.weight_shape)}{act}"
+        if "weight" in self._qweight_meta and len(self._qweight_meta) == 1:
+            return f"weight={self.weight_scheme}, shape={tuple(self.weight_shape)}{act}"
+        weights = ", ".join(f"{n}={meta[0]}" for n, meta in self._qweight_meta.items())
+        return f"{weights}{act}"
 
 
 def register_quant_module(float_type: type[nn.Module]) -> Callable[[type[Any]], type[Any]]:

@@ -11,6 +11,26 @@ from quanta.errors import CorruptDataError, QuantaError
 from quanta.zoo.lenet import LeNet5
 from quanta.zoo.resnet_cifar import resnet_cifar
 
+ZOO_MODELS = ("lenet5", "resnet20", "resnet32", "resnet44", "resnet56")
+
+
+def build(name: str) -> nn.Module:
+    """Build zoo model ``name`` (``lenet5``, ``resnet20`` .. ``resnet56``) with fresh weights, marked with its name.
+
+    The mark (``model.quanta_zoo``) is saved in quanta.json, so ``quanta.load(dir)`` can rebuild the skeleton.
+
+    Raises:
+        QuantaError: unknown name.
+    """
+    if name == "lenet5":
+        model: nn.Module = LeNet5()
+    elif name.startswith("resnet") and name[6:].isdigit():
+        model = resnet_cifar(int(name[6:]))
+    else:
+        raise QuantaError(f"unknown zoo model {name!r}; available: {', '.join(ZOO_MODELS)}.")
+    model.quanta_zoo = name  # type: ignore[assignment]
+    return model
+
 
 def load_pretrained(name: str, path: str | Path) -> nn.Module:
     """Build zoo model ``name`` (``lenet5``, ``resnet20`` .. ``resnet56``) and load its checkpoint at ``path``.
@@ -18,12 +38,7 @@ def load_pretrained(name: str, path: str | Path) -> nn.Module:
     Raises:
         QuantaError: unknown name or missing file. CorruptDataError: the checkpoint does not fit.
     """
-    if name == "lenet5":
-        model: nn.Module = LeNet5()
-    elif name.startswith("resnet") and name[6:].isdigit():
-        model = resnet_cifar(int(name[6:]))
-    else:
-        raise QuantaError(f"unknown zoo model {name!r}; available: lenet5, resnet20, resnet32, resnet44, resnet56.")
+    model = build(name)
     if not Path(path).is_file():
         raise QuantaError(f"{path} does not exist; pass the local checkpoint file.")
     try:
