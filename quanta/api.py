@@ -23,6 +23,7 @@ from quanta.nn.base import QuantModule, quant_class_for
 from quanta.observers import Observer, get_observer
 from quanta.primitives.checks import check_finite
 from quanta.recipe import Recipe, Rule, resolve_recipe
+from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
 __all__ = ["METHODS", "model_nbytes", "quantize"]
@@ -86,10 +87,15 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
                 f"{step.name}: quantizing activations with float weights is not supported yet; give a weight scheme."
             )
         act = rule.activation
-        if act is not None and (not act.format.lstrip("u").startswith("int") or act.granularity != "tensor"):
+        if act is not None and act.granularity != "tensor":
             raise UnsupportedError(
-                f"activation scheme {act} (for {step.name}) is not implemented yet: activations are quantized to "
-                "per-tensor integers (e.g. w8a8, w8a8-dyn) in this release."
+                f"activation scheme {act} (for {step.name}) is per {act.granularity}: activations are quantized per "
+                "tensor (static) or per token (dynamic, e.g. w8a8-dyn); drop the granularity from the scheme."
+            )
+        if act is not None and rule.dynamic and not _integer(act):
+            raise UnsupportedError(
+                f"dynamic activations are integer only; {act} (for {step.name}) is calibrated statically: "
+                "drop '-dyn' / dynamic=True."
             )
         for weight_name in step.quant_class.weight_names(step.module):
             weight = getattr(step.module, weight_name, None)
@@ -98,9 +104,17 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
             check_finite(weight.detach(), f"the {weight_name} of {step.name}")
 
 
+def _integer(scheme: QScheme) -> bool:
+    return scheme.format.lstrip("u").startswith("int")
+
+
 def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None) -> dict[str, Observer]:
     """Observe the inputs of every module whose rule quantizes activations statically."""
-    static = [s for s in steps if s.rule.activation is not None and not s.rule.dynamic]
+    static = [
+        s
+        for s in steps
+        if s.rule.activation is not None and not s.rule.dynamic and s.rule.activation.fmt.param_spec(s.rule.activation)
+    ]
     if not static:
         return {}
     if calib is None:
@@ -112,7 +126,10 @@ def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None
     handles = []
     for step in static:
         assert step.rule.activation is not None
-        observer = get_observer(step.rule.activation.observer or "minmax")
+        act = step.rule.activation
+        # Binary/ternary activation scales are means of |x|, so they need a sample of the data, not only its range.
+        default = "percentile" if act.format in ("binary", "ternary") else "minmax"
+        observer = get_observer(act.observer or default)
         observers[step.name] = observer
 
         def hook(_module: nn.Module, args: tuple[Any, ...], observer: Observer = observer) -> None:
@@ -187,9 +204,13 @@ def quantize(
         if act is not None:
             if step.rule.dynamic:
                 packed.set_activation(act, dynamic=True)
-            else:
+            elif not act.fmt.param_spec(act):  # a fixed grid (fixed point): nothing to calibrate
+                packed.set_activation(act, dynamic=False, params={})
+            elif _integer(act):
                 scale, zero = observers[step.name].qparams(act)
                 packed.set_activation(act, dynamic=False, scale=scale, zero=zero)
+            else:
+                packed.set_activation(act, dynamic=False, params=observers[step.name].format_params(act))
         model.set_submodule(step.name, packed)
     # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]

@@ -68,8 +68,9 @@ class QuantModule(nn.Module):
         keep = {
             n: b
             for n, b in self._buffers.items()
-            if b is not None and (n in self._qweight_buffers() or n == "act_scale")
+            if b is not None and (n in self._qweight_buffers() or n.startswith("act_"))
         }
+        order = list(self._buffers.items())
         for n in keep:
             del self._buffers[n]
         try:
@@ -77,25 +78,51 @@ class QuantModule(nn.Module):
         finally:
             for n, b in keep.items():
                 device = fn(torch.empty(0, device=b.device)).device if b.device.type != "meta" else b.device
-                self._buffers[n] = b.to(device)
+                keep[n] = b.to(device)
+            self._buffers = {n: keep.get(n, b) for n, b in order}  # the original order, for state_dict
         return self
 
     def set_activation(
-        self, scheme: QScheme, dynamic: bool, scale: torch.Tensor | None = None, zero: torch.Tensor | None = None
+        self,
+        scheme: QScheme,
+        dynamic: bool,
+        scale: torch.Tensor | None = None,
+        zero: torch.Tensor | None = None,
+        params: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        """Quantize this module's input with an integer ``scheme``: per token at run time (``dynamic``), or with
-        the calibrated per-tensor ``scale`` / ``zero`` (stored as buffers ``act_scale`` / ``act_zero``)."""
+        """Quantize this module's input with ``scheme``.
+
+        Integer schemes: per token at run time (``dynamic``), or with the calibrated per-tensor ``scale`` / ``zero``
+        (buffers ``act_scale`` / ``act_zero``). Other formats (fp8, binary, fixed point) are static per tensor with
+        the format's fitted ``params`` (buffers ``act_<name>``); without them, placeholders of the right shape are
+        made (``load`` fills them).
+        """
         self.act_scheme, self.act_dynamic = scheme, dynamic
-        if not dynamic:
+        if dynamic:
+            return
+        if _is_integer(scheme):
             self.register_buffer("act_scale", (torch.ones(()) if scale is None else scale).reshape(()).float())
             self.register_buffer("act_zero", (torch.zeros(()) if zero is None else zero).reshape(()).to(torch.int32))
+            return
+        for name, (trailing, dtype) in scheme.fmt.param_spec(scheme).items():
+            value = torch.ones((1, 1, *trailing), dtype=dtype) if params is None else params[name]
+            self.register_buffer(f"act_{name}", value.reshape(1, 1, *trailing).to(dtype))
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The input as the activation scheme sees it (fake-quantized, same dtype), or unchanged without one."""
+        """The input as the activation scheme sees it (fake-quantized, same dtype), or unchanged without one.
+
+        The straight-through estimator passes gradients with respect to the input (for attacks and QAT).
+        """
         scheme = self.act_scheme
         if scheme is None:
             return x
         fmt = scheme.fmt
+        if not _is_integer(scheme):
+            params = {name: getattr(self, f"act_{name}") for name in fmt.param_spec(scheme)}
+            blocks = x.float().reshape(1, 1, -1)  # (rows, groups, group) as formats expect: one per-tensor group
+            values = fmt.decode(fmt.encode(blocks, params, scheme, None), params, scheme).reshape(x.shape)
+            # values + (x - x) is exactly ``values`` forward, and passes the gradient straight through.
+            return (values.detach() + (x.float() - x.float().detach())).to(x.dtype)
         qmin, qmax = int_range(fmt.bits, fmt.signed_codes, scheme.narrow)
         values = x.float()
         if self.act_dynamic:  # one symmetric scale per token (last dim), computed now
@@ -135,6 +162,10 @@ class QuantModule(nn.Module):
             return f"weight={self.weight_scheme}, shape={tuple(self.weight_shape)}{act}"
         weights = ", ".join(f"{n}={meta[0]}" for n, meta in self._qweight_meta.items())
         return f"{weights}{act}"
+
+
+def _is_integer(scheme: QScheme) -> bool:
+    return scheme.format.lstrip("u").startswith("int")
 
 
 def register_quant_module(float_type: type[nn.Module]) -> Callable[[type[Any]], type[Any]]:

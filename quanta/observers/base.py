@@ -74,6 +74,19 @@ class Observer(ABC):
         z0 = symmetric_zero(fmt.bits, fmt.signed_codes)
         return symmetric_scale(lo_t, hi_t, qmin - z0, qmax - z0, dtype), torch.tensor(z0, dtype=torch.int32)
 
+    def format_params(self, scheme: QScheme | str) -> dict[str, torch.Tensor]:
+        """Per-tensor parameters of any format (fp8 scale, binary scale, ...) fitted to what was observed.
+
+        The format is fitted to the observed values clipped to :meth:`range` when the observer keeps a sample
+        (percentile, mse, kl), else to the two range ends (enough for absmax-scaled and integer grids).
+        Returns tensors shaped ``(1, 1, *trailing)`` in the scheme's storage dtypes.
+        """
+        scheme = QScheme.parse(scheme)
+        lo, hi = self.range()
+        sample = getattr(self, "sample_", None)
+        values = torch.tensor([lo, hi]) if sample is None else sample.float().clamp(lo, hi)
+        return scheme.fmt.fit(values.reshape(1, 1, -1), scheme, None)
+
 
 def register_observer(cls: type[Any]) -> type[Any]:
     _OBSERVERS[cls.name] = cls
