@@ -32,3 +32,11 @@ def test_bench_linear_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("fp32 F.linear", "int8_weight_only", "torch dynamic int8", "vs bf16"):
         assert text in out
+
+
+def test_bench_memory_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_memory")
+    bench.main(["--quick"])  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    for text in ("ResNet-20", "w4a16-g32", "measured / theory", "Largest deviation"):
+        assert text in out
