@@ -5,14 +5,25 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from quanta.scheme import QScheme
 
-__all__ = ["REFERENCE", "Kernel", "forced_reference", "kernel_for", "register_kernel"]
+__all__ = ["REFERENCE", "Kernel", "Relayout", "any_activation", "forced_reference", "kernel_for", "register_kernel"]
 
 REFERENCE = "reference"
+
+
+def any_activation(act: QScheme | None, dynamic: bool) -> bool:
+    """Default activation rule: the kernel serves the module whatever its input scheme (it gets the input after
+    :meth:`~quanta.nn.base.QuantModule.quantize_input`)."""
+    return True
+
+
+# (canonical codes, weight shape (N, K), weight scheme) -> codes in the kernel's own layout, and back.
+Relayout = Callable[[torch.Tensor, torch.Size, QScheme], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -22,9 +33,18 @@ class Kernel:
     Attributes:
         name: recorded on the module and in quanta.json.
         op: the module op it implements (``"linear"``).
-        applies: static rule on (scheme, weight shape) deciding whether the kernel serves a module.
+        applies: static rule on (weight scheme, weight shape) deciding whether the kernel serves a module.
         input_dtypes: activation dtypes it is fast with; other inputs take the reference path.
         run: ``run(x, module) -> y``.
+        activation: static rule on (activation scheme or None, dynamic) that must also accept the module.
+        quantizes_input: the module passes ``run`` its raw input and the kernel quantizes it itself (W8A8);
+            otherwise ``run`` gets the input after ``quantize_input`` (fake-quantized or unchanged).
+        prepare: builds the small derived buffers the kernel needs from the module's codes (e.g. int32 row sums),
+            by name; the module registers them as ``kernel_<name>`` (not saved, counted by ``model_nbytes``) and
+            rebuilds them after ``load_state_dict``.
+        to_layout / from_layout: when set, the module holds its codes in the kernel's layout (one copy: the
+            canonical stream is converted, not duplicated); ``from_layout`` must invert ``to_layout`` exactly so
+            that ``state_dict`` and files keep the canonical codes.
     """
 
     name: str
@@ -32,6 +52,11 @@ class Kernel:
     applies: Callable[[QScheme, torch.Size], bool]
     input_dtypes: tuple[torch.dtype, ...]
     run: Callable[..., torch.Tensor]
+    activation: Callable[[QScheme | None, bool], bool] = any_activation
+    quantizes_input: bool = False
+    prepare: Callable[[Any], dict[str, torch.Tensor]] | None = None
+    to_layout: Relayout | None = None
+    from_layout: Relayout | None = None
 
 
 _KERNELS: list[Kernel] = []
@@ -42,11 +67,16 @@ def register_kernel(kernel: Kernel) -> Kernel:
     return kernel
 
 
-def kernel_for(op: str, scheme: QScheme, shape: torch.Size) -> Kernel | None:
-    """The first registered kernel for ``op`` whose rule accepts the scheme and shape, or ``None``."""
+def kernel_for(
+    op: str, scheme: QScheme, shape: torch.Size, act: QScheme | None = None, dynamic: bool = False
+) -> Kernel | None:
+    """The first registered kernel for ``op`` whose rules accept the weight scheme and shape and the activation
+    scheme (``act``, per token when ``dynamic``), or ``None``. Kernels registered with a specific activation rule
+    (W8A8) come before the ones that accept any input, so they win when both apply."""
     import quanta.kernels  # noqa: F401  (registers the built-in kernels)
 
-    return next((k for k in _KERNELS if k.op == op and k.applies(scheme, shape)), None)
+    ordered = sorted(_KERNELS, key=lambda k: k.activation is any_activation)  # stable: registration order kept
+    return next((k for k in ordered if k.op == op and k.applies(scheme, shape) and k.activation(act, dynamic)), None)
 
 
 def forced_reference() -> bool:
