@@ -1,0 +1,184 @@
+"""The int8 conv kernel against the reference path (fake-quantized input, dequantized weight, float conv) and
+against the same convolution computed exactly in float64."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import quanta
+from quanta.kernels.int8_conv import int8_conv_available
+from quanta.recipe import Recipe, Rule
+from quanta.scheme import QScheme
+
+needs_kernel = pytest.mark.skipif(not int8_conv_available(), reason="no oneDNN int8 conv with VNNI on this CPU")
+EPS = torch.finfo(torch.float32).eps
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+# (in, out, kernel, stride, padding, dilation, groups, bias)
+CONV2D_CASES = [
+    (3, 16, 3, 1, 1, 1, 1, False),
+    (16, 32, 3, 2, 1, 1, 1, True),
+    (8, 8, 3, 1, 2, 2, 1, True),
+    (12, 24, (3, 5), (2, 1), (1, 2), 1, 3, True),
+    (16, 16, 3, 1, 1, 1, 16, True),  # depthwise
+    (6, 10, 1, 1, 0, 1, 1, True),
+    (4, 8, 3, 1, "same", 1, 1, True),
+    (4, 8, 3, 1, "valid", 1, 1, False),
+]
+CONV1D_CASES = [(8, 16, 5, 1, 2, 1, 1, True), (12, 12, 3, 2, 1, 2, 4, False), (5, 7, 3, 1, "same", 1, 1, True)]
+
+
+def _quantized(conv: nn.Module, x_calib: torch.Tensor, recipe: str | Recipe = "w8a8") -> nn.Module:
+    q = quanta.quantize(nn.Sequential(conv), recipe, calib=[x_calib])[0]
+    return q
+
+
+def _inputs(conv: nn.Module, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    spatial = (9, 11) if isinstance(conv, nn.Conv2d) else (23,)
+    # A shifted range (asymmetric zero point); the test batch reaches past it, so clamping is exercised.
+    x_calib = torch.randn(4, conv.in_channels, *spatial) * 1.5 + 0.7
+    x = torch.randn(3, conv.in_channels, *spatial) * 1.8 + 0.7
+    return x_calib, x
+
+
+def _exact(q: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The quantized conv computed in float64 from the fake-quantized input, and the same conv on magnitudes."""
+    fn = F.conv2d if x.dim() == 4 else F.conv1d
+    xq = q.quantize_input(x).double()
+    w = q.dequantized_weight(torch.float64)
+    b = None if q.bias is None else q.bias.double()
+    y = fn(xq, w, b, q.stride, q.padding, q.dilation, q.groups)
+    mag = fn(xq.abs(), w.abs(), None if b is None else b.abs(), q.stride, q.padding, q.dilation, q.groups)
+    return y, mag
+
+
+def _check(conv: nn.Module, seed: int, monkeypatch: pytest.MonkeyPatch, recipe: str | Recipe = "w8a8") -> None:
+    x_calib, x = _inputs(conv, seed)
+    q = _quantized(conv, x_calib, recipe)
+    assert q.kernel == "int8_conv"
+    with torch.no_grad():
+        fast = q(x)
+        monkeypatch.setenv("QUANTA_KERNEL", "reference")
+        reference = q(x)
+    exact, magnitude = _exact(q, x)
+    assert fast.shape == reference.shape == exact.shape
+    # The kernel accumulates int8 x int8 products exactly in int32 and scales once: a few roundings of fp32.
+    assert ((fast.double() - exact).abs() <= 8 * EPS * magnitude + 1e-30).all()
+    # The reference sums K fp32 products in some order: the classic bound is about K * eps * sum |x w|.
+    k = q.weight_shape[1:].numel()
+    assert ((fast.double() - reference.double()).abs() <= (k + 8) * EPS * magnitude + 1e-30).all()
+    # One input code off by one would move an output by a whole step times a weight, far above these bounds.
+    assert (8 * EPS * magnitude).max() < q.act_scale * q.dequantized_weight(torch.float32).abs().max()
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=str)
+def test_conv2d_kernel_matches_reference(case: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    cin, cout, k, stride, padding, dilation, groups, bias = case
+    torch.manual_seed(1)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    _check(conv, 2, monkeypatch)
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", CONV1D_CASES, ids=str)
+def test_conv1d_kernel_matches_reference(case: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    cin, cout, k, stride, padding, dilation, groups, bias = case
+    torch.manual_seed(3)
+    conv = nn.Conv1d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    _check(conv, 4, monkeypatch)
+
+
+@needs_kernel
+@pytest.mark.parametrize("act", ["uint8:tensor:asym", "int8:tensor"])
+def test_other_8bit_input_grids(act: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(5)
+    recipe = Recipe(rules=(Rule(weight=QScheme.parse("int8:ch"), activation=QScheme.parse(act)),))
+    _check(nn.Conv2d(6, 12, 3, padding=1), 6, monkeypatch, recipe)
+
+
+@needs_kernel
+def test_kernel_is_chosen_statically() -> None:
+    torch.manual_seed(0)
+    conv, x = nn.Conv2d(4, 8, 3), torch.randn(2, 4, 8, 8)
+    assert _quantized(conv, x).kernel == "int8_conv"
+    assert quanta.quantize(nn.Sequential(nn.Conv2d(4, 8, 3)), "w8a16")[0].kernel == "reference"  # float input
+    assert quanta.quantize(nn.Sequential(nn.Conv2d(4, 8, 3)), "w8a8-dyn")[0].kernel == "reference"  # per token
+    assert _quantized(nn.Conv2d(4, 8, 3), x, "w4a8").kernel == "reference"  # 4-bit weights
+    uneven = nn.Conv2d(4, 8, 4, padding="same")  # "same" with an even kernel pads unevenly
+    assert _quantized(uneven, x).kernel == "reference"
+
+
+@needs_kernel
+def test_other_inputs_take_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    x_calib, x = _inputs(nn.Conv2d(4, 8, 3), 7)
+    q = _quantized(nn.Conv2d(4, 8, 3), x_calib)
+    monkeypatch.setenv("QUANTA_KERNEL", "reference")
+    reference = q(x)
+    monkeypatch.delenv("QUANTA_KERNEL")
+    # Inputs that need gradients go through the reference path (the kernel has no backward).
+    xg = x.clone().requires_grad_(True)
+    y = q(xg)
+    assert torch.equal(y, reference)
+    y.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    # bf16 inputs are not what the kernel takes: the reference path, in bf16.
+    assert q(x.bfloat16()).dtype == torch.bfloat16
+
+
+@needs_kernel
+def test_channels_last_and_strided_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    x_calib, x = _inputs(nn.Conv2d(4, 8, 3), 8)
+    q = _quantized(nn.Conv2d(4, 8, 3, padding=1), x_calib)
+    plain = q(x)
+    assert torch.equal(q(x.contiguous(memory_format=torch.channels_last)), plain)
+    wide = torch.cat([x, x], dim=3)[..., ::2]  # a non-contiguous view
+    monkeypatch.setenv("QUANTA_KERNEL", "reference")
+    reference = q(wide)
+    monkeypatch.delenv("QUANTA_KERNEL")
+    _, magnitude = _exact(q, wide)
+    k = q.weight_shape[1:].numel()
+    assert ((q(wide) - reference).abs() <= (k + 8) * EPS * magnitude).all()
+
+
+@needs_kernel
+def test_save_load_keeps_one_weight_copy_and_bit_identical_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
+    x = torch.randn(2, 3, 12, 12)
+    quanta.quantize(model, "w8a8", calib=[x])
+    before = model(x)
+    assert [model[0].kernel, model[2].kernel] == ["int8_conv", "int8_conv"]
+    # The weight is held once, as the canonical int8 codes (no cached packed copy in the module).
+    assert [n for n, _ in model[0].named_buffers() if "weight" in n] == ["weight_codes", "weight_scale"]
+    quanta.save(model, tmp_path / "m")
+    skeleton = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
+    loaded = quanta.load(tmp_path / "m", skeleton)
+    assert loaded[0].kernel == "int8_conv"
+    assert torch.equal(loaded(x), before)
+
+
+@needs_kernel
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (shared real data) is not present")
+def test_resnet20_w8a8_kernel_accuracy_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quanta.eval import accuracy
+    from quanta.nn.conv import QuantConv2d
+    from quanta.zoo import cifar10_sample, load_pretrained
+
+    data = cifar10_sample(DATA / "cifar10_sample")
+    model = load_pretrained("resnet20", DATA / "resnet_cifar10" / "resnet20-12fca82f.th")
+    quanta.quantize(model, "w8a8", calib=[data["x_train"][::4]])  # 100 images: enough to compare paths
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert len(convs) == 19 and all(m.kernel == "int8_conv" for m in convs)
+    test = (data["x_test"], data["y_test"])
+    fast = accuracy(model, test)
+    monkeypatch.setenv("QUANTA_KERNEL", "reference")
+    reference = accuracy(model, test)
+    assert abs(fast - reference) * len(data["y_test"]) <= 1.0 + 1e-9
