@@ -43,8 +43,9 @@ class _Step:
 def _plan(model: nn.Module, recipe: Recipe) -> list[_Step]:
     steps: list[_Step] = []
     unsupported: list[str] = []
+    swapped: list[str] = []  # a twin replaces the whole subtree (e.g. MultiheadAttention and its out_proj)
     for name, module in model.named_modules():
-        if not name or isinstance(module, QuantModule):
+        if not name or isinstance(module, QuantModule) or any(name.startswith(f"{p}.") for p in swapped):
             continue
         rule = recipe.rule_for(name, module)
         if rule is None or rule.skip or (rule.weight is None and rule.activation is None):
@@ -56,6 +57,7 @@ def _plan(model: nn.Module, recipe: Recipe) -> list[_Step]:
                 unsupported.append(f"{name} ({type(module).__name__})")
             continue
         steps.append(_Step(name, module, rule, quant_class))
+        swapped.append(name)
     if unsupported:
         warnings.warn(
             f"no quantized twin for {len(unsupported)} module(s), left in float: {', '.join(unsupported[:8])}",
@@ -98,7 +100,7 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
                 "drop '-dyn' / dynamic=True."
             )
         for weight_name in step.quant_class.weight_names(step.module):
-            weight = getattr(step.module, weight_name, None)
+            weight = step.quant_class.float_weight(step.module, weight_name)
             if not isinstance(weight, torch.Tensor):
                 raise UnsupportedError(f"{step.name} has no tensor {weight_name!r} to quantize.")
             check_finite(weight.detach(), f"the {weight_name} of {step.name}")
@@ -193,10 +195,12 @@ def quantize(
         assert step.rule.weight is not None
         qweights: dict[str, QTensor] = {}
         for weight_name in step.quant_class.weight_names(step.module):
-            weight = getattr(step.module, weight_name)
+            weight = step.quant_class.float_weight(step.module, weight_name)
+            assert weight is not None  # checked by _validate
             qweight = done.get(id(weight))
             if qweight is None:
-                qweight = quantize_tensor(weight.detach(), step.rule.weight)
+                axis = step.quant_class.quant_axis(weight_name)
+                qweight = quantize_tensor(weight.detach(), step.rule.weight, axis=axis)
                 done[id(weight)] = qweight
             qweights[weight_name] = qweight
         packed = step.quant_class.from_float_weights(step.module, qweights)

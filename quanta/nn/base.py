@@ -54,6 +54,19 @@ class QuantModule(nn.Module):
         return ("weight",)
 
     @classmethod
+    def float_weight(cls, module: nn.Module, name: str) -> torch.Tensor | None:
+        """The float tensor of ``module`` that weight ``name`` is quantized from (``getattr`` by default; a twin
+        whose weights live in child modules, such as MultiheadAttention's ``out_proj``, maps its names here)."""
+        weight = getattr(module, name, None)
+        return weight if isinstance(weight, torch.Tensor) else None
+
+    @classmethod
+    def quant_axis(cls, name: str) -> int | None:
+        """Reduction axis for quantizing weight ``name``: ``None`` when dim 0 is the output channel (Linear, Conv),
+        ``0`` for weights stored ``[in, out]`` (GPT-2's Conv1D), so channels and groups run along the input."""
+        return None
+
+    @classmethod
     def from_float_weights(cls, module: nn.Module, qweights: Mapping[str, QTensor]) -> QuantModule:
         """Build the packed twin of ``module`` from its quantized weights, keyed by :meth:`weight_names`."""
         return cls.from_float(module, qweights["weight"])
