@@ -6,8 +6,10 @@ safetensors so later runs start at once.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +18,24 @@ from torch import nn
 
 from quanta.codec import quantize_tensor
 from quanta.errors import CorruptDataError, QuantaError
+from quanta.eval.presets import PresetResult, compare_presets
 from quanta.io import load_tensors, save_tensors
 from quanta.primitives.metrics import sqnr_db
 
-__all__ = ["DEMO_SCHEMES", "DemoRow", "default_cache_dir", "digits_data", "run_demo", "train_digits_cnn"]
+__all__ = [
+    "DEMO_PRESETS",
+    "DEMO_SCHEMES",
+    "DemoRow",
+    "default_cache_dir",
+    "digits_data",
+    "find_data_dir",
+    "load_or_train",
+    "real_models",
+    "run_demo",
+    "run_presets",
+    "run_real",
+    "train_digits_cnn",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +129,18 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def load_or_train(cache_dir: Path, retrain: bool = False, epochs: int = 15) -> tuple[DigitsCNN, Path, bool]:
+def load_or_train(
+    cache_dir: Path, retrain: bool = False, epochs: int = 15, seed: int = 0
+) -> tuple[DigitsCNN, Path, bool]:
     """The cached model if present and valid, else a freshly trained one (then cached).
+
+    ``seed`` fixes the data split and training; models of other seeds than 0 are cached under their own name.
 
     Returns:
         ``(model, cache path, whether it was trained now)``.
     """
-    path = cache_dir / f"digits_cnn-{CACHE_VERSION}.safetensors"
+    suffix = f"-seed{seed}" if seed else ""
+    path = cache_dir / f"digits_cnn-{CACHE_VERSION}{suffix}.safetensors"
     model = DigitsCNN()
     if path.exists() and not retrain:
         try:
@@ -127,8 +148,8 @@ def load_or_train(cache_dir: Path, retrain: bool = False, epochs: int = 15) -> t
             return model.eval(), path, False
         except (CorruptDataError, RuntimeError) as exc:
             log.warning("cached demo model %s is unusable (%s); retraining", path, exc)
-    x_train, y_train, _, _ = digits_data()
-    model = train_digits_cnn(x_train, y_train, epochs=epochs)
+    x_train, y_train, _, _ = digits_data(seed)
+    model = train_digits_cnn(x_train, y_train, epochs=epochs, seed=seed)
     try:
         save_tensors(path, model.state_dict())
     except OSError as exc:
@@ -145,14 +166,14 @@ class DemoRow:
     accuracy: float
 
 
-def run_demo(model: nn.Module, schemes: tuple[str, ...] = DEMO_SCHEMES) -> tuple[DemoRow, list[DemoRow]]:
+def run_demo(model: nn.Module, schemes: tuple[str, ...] = DEMO_SCHEMES, seed: int = 0) -> tuple[DemoRow, list[DemoRow]]:
     """Quantize every conv/linear weight of ``model`` with each scheme and measure the cost.
 
     Returns:
         The float baseline row and one row per scheme: bits per weight including scales, SQNR of all weights
         together, storage bytes of the weights, and test accuracy with the dequantized weights (biases stay fp32).
     """
-    _, _, x_test, y_test = digits_data()
+    _, _, x_test, y_test = digits_data(seed)
     weights = {n: m.weight.detach() for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     n_weights = sum(w.numel() for w in weights.values())
     flat = torch.cat([w.reshape(-1) for w in weights.values()])
@@ -177,45 +198,105 @@ def run_demo(model: nn.Module, schemes: tuple[str, ...] = DEMO_SCHEMES) -> tuple
     return baseline, rows
 
 
-DEMO_PRESETS = ("w8a16", "w8a8", "w4a16-g32", "nf4-g64", "ternary", "binary")
+# The issue's presets, plus plain w4a16-g32 (RTN) so AdaRound's gain at the same size is visible.
+DEMO_PRESETS = ("w8a8", "w8a16", "w4a16-g32", "w4a16-g32-adaround", "ternary", "binary")
+
+
+def run_presets(
+    model: nn.Module,
+    presets: tuple[str, ...] = DEMO_PRESETS,
+    seed: int = 0,
+    on_preset: Callable[[str], None] | None = None,
+) -> tuple[PresetResult, list[PresetResult]]:
+    """Quantize copies of the digits model with each preset (calibrating on the training images where needed).
+
+    Returns:
+        The float row and one row per preset (see :func:`quanta.eval.presets.compare_presets`): test accuracy,
+        ``quanta.model_nbytes``, and the latency of a forward pass over the 360 test images.
+    """
+    x_train, _, x_test, y_test = digits_data(seed)
+    return compare_presets(
+        lambda: copy.deepcopy(model), presets, x_train.split(256), (x_test, y_test), on_preset=on_preset
+    )
+
+
+# The real pretrained models of ../shared/data (see each SOURCE.md), with the issue's calibration/test splits.
+REAL_FILES = (
+    "lenet5_mnist/mnist_cnn.pt",
+    "mnist_test/t10k-images-idx3-ubyte.gz",
+    "resnet_cifar10/resnet20-12fca82f.th",
+    "cifar10_sample/cifar10_sample.npz",
+)
+
+
+REAL_LATENCY_BATCH = 64  # images per timed forward pass: keeps the real-model demo well under a minute
+
+
+def find_data_dir(explicit: Path | None = None) -> Path | None:
+    """``explicit`` if given (it must hold the real models), else ``../shared/data`` beside the working directory
+    or beside the package's checkout if it holds them all, else ``None``.
+
+    Raises:
+        QuantaError: ``explicit`` lacks one of the files the real-model demo needs.
+    """
+    if explicit is not None:
+        missing = [f for f in REAL_FILES if not (explicit / f).is_file()]
+        if missing:
+            raise QuantaError(
+                f"{explicit} lacks {', '.join(missing)}; pass the shared data directory (with lenet5_mnist, "
+                "mnist_test, resnet_cifar10 and cifar10_sample), or leave out --data."
+            )
+        return explicit
+    for root in (Path.cwd().parent, Path(__file__).resolve().parents[2]):
+        candidate = root / "shared" / "data"
+        if all((candidate / f).is_file() for f in REAL_FILES):
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
-class PresetRow:
-    recipe: str
-    accuracy: float
-    nbytes: int
-    latency_ms: float
+class RealModel:
+    key: str
+    title: str
+    build: Callable[[], nn.Module]
+    calib: tuple[torch.Tensor, ...]
+    test: tuple[torch.Tensor, torch.Tensor]
 
 
-def run_presets(model: nn.Module, presets: tuple[str, ...] = DEMO_PRESETS) -> tuple[PresetRow, list[PresetRow]]:
-    """Quantize copies of the whole model with each preset (calibrating on training images where needed).
+def real_models(data_dir: Path) -> list[RealModel]:
+    """LeNet-5 on MNIST (calibrate on the first 8,000 test images, evaluate on the last 2,000) and ResNet-20 on
+    the CIFAR-10 sample (calibrate on the 400 train images, evaluate on the 150 test images)."""
+    from quanta.zoo import cifar10_sample, load_pretrained, mnist_test
 
-    Returns:
-        The float row and one row per preset: test accuracy, ``quanta.model_nbytes`` and the median latency of a
-        forward pass over the 360 test images.
-    """
-    import copy
-    import statistics
-    import time
+    x, y = mnist_test(data_dir / "mnist_test")
+    cifar = cifar10_sample(data_dir / "cifar10_sample")
+    lenet_path, resnet_path = data_dir / REAL_FILES[0], data_dir / REAL_FILES[2]
+    return [
+        RealModel(
+            "lenet5",
+            "LeNet-5 / MNIST (last 2,000 test images)",
+            lambda: load_pretrained("lenet5", lenet_path),
+            x[:8000].split(500),
+            (x[8000:], y[8000:]),
+        ),
+        RealModel(
+            "resnet20",
+            "ResNet-20 / CIFAR-10 sample (150 test images)",
+            lambda: load_pretrained("resnet20", resnet_path),
+            cifar["x_train"].split(100),
+            (cifar["x_test"], cifar["y_test"]),
+        ),
+    ]
 
-    from quanta.api import model_nbytes, quantize
 
-    x_train, _, x_test, y_test = digits_data()
-
-    def latency(m: nn.Module) -> float:
-        with torch.no_grad():
-            m(x_test)
-            times = []
-            for _ in range(5):
-                start = time.perf_counter()
-                m(x_test)
-                times.append(time.perf_counter() - start)
-        return 1e3 * statistics.median(times)
-
-    base = PresetRow("float", accuracy(model, x_test, y_test), model_nbytes(model), latency(model))
-    rows = []
-    for name in presets:
-        q = quantize(copy.deepcopy(model), name, calib=x_train.split(256))
-        rows.append(PresetRow(name, accuracy(q, x_test, y_test), model_nbytes(q), latency(q)))
-    return base, rows
+def run_real(
+    data_dir: Path, presets: tuple[str, ...] = DEMO_PRESETS, on_preset: Callable[[str], None] | None = None
+) -> list[tuple[RealModel, PresetResult, list[PresetResult]]]:
+    """Every real model with every preset: ``(model, float row, preset rows)`` per model."""
+    results = []
+    for m in real_models(data_dir):
+        base, rows = compare_presets(
+            m.build, presets, m.calib, m.test, rounds=3, latency_batch=REAL_LATENCY_BATCH, on_preset=on_preset
+        )
+        results.append((m, base, rows))
+    return results

@@ -57,13 +57,17 @@ def _run(model: nn.Module, step: Any) -> None:
 
 
 def _weight_sqnr(float_module: nn.Module, quant_module: nn.Module) -> float | None:
-    weight = getattr(float_module, "weight", None)
-    if not isinstance(quant_module, QuantModule) or not isinstance(weight, torch.Tensor):
+    """SQNR of every packed weight of ``quant_module`` together (an LSTM has several) against the float ones."""
+    if not isinstance(quant_module, QuantModule):
         return None
-    w_hat = quant_module.dequantized_weight(torch.float32)
-    if w_hat.shape != weight.shape:
-        return None
-    return sqnr_db(weight.detach().float(), w_hat)
+    ref, got = [], []
+    for name, qt in quant_module.qweights.items():
+        weight = getattr(float_module, name, None)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(qt.shape):
+            return None
+        ref.append(weight.detach().float().reshape(-1))
+        got.append(qt.dequantize().float().reshape(-1))
+    return sqnr_db(torch.cat(ref), torch.cat(got)) if ref else None
 
 
 def _accumulate(name: str, ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]], acc: list[float]) -> None:

@@ -93,3 +93,24 @@ def test_bad_arguments_raise_quanta_errors(pair: tuple[nn.Module, nn.Module]) ->
     other = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
     with pytest.raises(QuantaError, match="outputs"):
         layer_errors(other, q, [torch.randn(2, 6)])
+
+
+def test_weight_sqnr_covers_every_packed_weight_of_an_lstm() -> None:
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    torch.manual_seed(2)
+    net = Tagger()
+    q = quanta.quantize(copy.deepcopy(net), "w4a16")
+    (err,) = layer_errors(net, q, [torch.randn(3, 5, 8)])
+    names = sorted(q.rnn.qweights)
+    assert len(names) == 4  # weight_ih/hh for both layers
+    ref = torch.cat([getattr(net.rnn, n).detach().reshape(-1) for n in names])
+    got = torch.cat([q.rnn.dequantized_weight(torch.float32, n).reshape(-1) for n in names])
+    assert err.weight_sqnr_db == pytest.approx(_sqnr(ref, got), abs=1e-9)
+    assert math.isfinite(err.output_sqnr_db) and err.output_mse > 0
