@@ -1,10 +1,15 @@
 """The demo end to end: a real trained model whose quantized weights must behave like the float ones."""
 
+import copy
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+import quanta
 from quanta.demo import DEMO_SCHEMES, load_or_train, run_demo
+from quanta.errors import QuantaError
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +58,35 @@ def test_whole_model_presets_keep_accuracy_and_shrink_the_model(tmp_path_factory
     for row in rows:
         assert abs(row.accuracy - base.accuracy) <= 0.02, row
         assert row.nbytes < base.nbytes / 3, row
+
+
+def test_presets_whose_method_is_missing_are_skipped_with_the_reason() -> None:
+    from quanta.eval.presets import compare_presets
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    base, rows = compare_presets(lambda: copy.deepcopy(net), ["w8a16", "w4a16-g32-nosuchmethod"], [x], (x, y), rounds=1)
+    assert base.accuracy == quanta.eval.accuracy(net, (x, y)) and base.nbytes == quanta.model_nbytes(net)
+    done, skipped = rows
+    assert done.skipped is None and done.nbytes < base.nbytes and done.speedup > 0
+    assert skipped.skipped is not None and "nosuchmethod" in skipped.skipped
+
+
+def test_plot_is_a_png_written_atomically(tmp_path: Path) -> None:
+    from quanta.eval.plot import plot_accuracy_vs_bytes
+
+    path = plot_accuracy_vs_bytes(
+        {"m": [("float", 1000, 0.9), ("w8a16", 250, 0.9), ("binary", 40, 0.5)]}, tmp_path / "p.png"
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temporary file left behind
+    with pytest.raises(QuantaError, match="no results"):
+        plot_accuracy_vs_bytes({"m": []}, tmp_path / "q.png")
+
+
+def test_data_dir_must_hold_the_real_models(tmp_path: Path) -> None:
+    from quanta.demo import find_data_dir
+
+    with pytest.raises(QuantaError, match="lenet5_mnist"):
+        find_data_dir(tmp_path)
