@@ -42,17 +42,22 @@ def int8_conv_available() -> bool:
     )
 
 
-def _applies(dims: int) -> Any:
-    def applies(scheme: QScheme, shape: torch.Size) -> bool:
-        return (
-            scheme.format == "int8"
-            and scheme.granularity == "channel"
-            and scheme.mode == "sym"
-            and len(shape) == dims
-            and int8_conv_available()
-        )
+def _applies(scheme: QScheme, shape: torch.Size, dims: int) -> bool:
+    return (
+        scheme.format == "int8"
+        and scheme.granularity == "channel"
+        and scheme.mode == "sym"
+        and len(shape) == dims
+        and int8_conv_available()
+    )
 
-    return applies
+
+def _applies_conv1d(scheme: QScheme, shape: torch.Size) -> bool:  # weight (out, in / groups, k)
+    return _applies(scheme, shape, 3)
+
+
+def _applies_conv2d(scheme: QScheme, shape: torch.Size) -> bool:  # weight (out, in / groups, kh, kw)
+    return _applies(scheme, shape, 4)
 
 
 def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d with static int8 input
@@ -82,5 +87,5 @@ def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / Quant
     return y.squeeze(2) if one_d else y
 
 
-INT8_CONV2D = register_kernel(Kernel("int8_conv", "conv2d", _applies(4), (torch.float32,), _run))
-INT8_CONV1D = register_kernel(Kernel("int8_conv", "conv1d", _applies(3), (torch.float32,), _run))
+INT8_CONV2D = register_kernel(Kernel("int8_conv", "conv2d", _applies_conv2d, (torch.float32,), _run))
+INT8_CONV1D = register_kernel(Kernel("int8_conv", "conv1d", _applies_conv1d, (torch.float32,), _run))

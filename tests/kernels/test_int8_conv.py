@@ -182,3 +182,12 @@ def test_resnet20_w8a8_kernel_accuracy_equals_reference(monkeypatch: pytest.Monk
     monkeypatch.setenv("QUANTA_KERNEL", "reference")
     reference = accuracy(model, test)
     assert abs(fast - reference) * len(data["y_test"]) <= 1.0 + 1e-9
+
+
+@needs_kernel
+def test_quantized_model_pickles_with_its_kernel(tmp_path: Path) -> None:
+    x_calib, x = _inputs(nn.Conv2d(4, 8, 3), 10)
+    model = quanta.quantize(nn.Sequential(nn.Conv2d(4, 8, 3)), "w8a8", calib=[x_calib])
+    torch.save(model, tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert again[0].kernel == "int8_conv" and torch.equal(again(x), model(x))
