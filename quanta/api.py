@@ -20,6 +20,7 @@ from quanta import calib as calib_module
 from quanta.codec import quantize_tensor
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.nn.base import QuantModule, quant_class_for
+from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.observers import Observer, get_observer
 from quanta.primitives.checks import check_finite
 from quanta.recipe import Recipe, Rule, resolve_recipe
@@ -216,6 +217,7 @@ def quantize(
             else:
                 packed.set_activation(act, dynamic=False, params=observers[step.name].format_params(act))
         model.set_submodule(step.name, packed)
+    disable_fused_fast_paths(model)
     # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
     return model

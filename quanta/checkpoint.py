@@ -25,6 +25,7 @@ from quanta.api import model_nbytes
 from quanta.errors import CorruptDataError, QuantaError
 from quanta.io import load_tensors, save_tensors
 from quanta.nn.base import QuantModule, quant_class_for
+from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.scheme import QScheme
 from quanta.tensor import META_KEY, QTensor
 
@@ -166,6 +167,7 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left_on_meta:
         raise CorruptDataError(f"{path} does not hold {', '.join(left_on_meta[:5])}; the skeleton kept meta tensors.")
+    disable_fused_fast_paths(model)
     model.quanta_recipe = config.get("recipe")
     if config.get("zoo"):
         model.quanta_zoo = config["zoo"]
