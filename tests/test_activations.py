@@ -53,8 +53,10 @@ def test_w8a8_matches_an_independent_torch_reference() -> None:
 def test_dynamic_per_token_needs_no_calibration() -> None:
     model = quanta.quantize(_mlp(), "w8a8-dyn")
     x = torch.randn(3, 16)
+    x[0, 0], x[1, 3] = -6.0, 6.0  # one token led by its negative extreme, one by its positive one
     layer = model[0]
-    scale = x.abs().amax(-1, keepdim=True) / 127  # symmetric per token, extreme exact
+    # Symmetric per token over the full range [-128, 127], the extreme value exact: the scale that fits both ends.
+    scale = torch.maximum(-x.amin(-1, keepdim=True) / 128, x.amax(-1, keepdim=True) / 127)
     xq = torch.clamp(torch.round(x / scale), -128, 127) * scale
     expected = F.linear(xq, layer.dequantized_weight(torch.float32), layer.bias)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
