@@ -1,0 +1,199 @@
+"""AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization"), per layer.
+
+RTN rounds every weight to its nearest level; AdaRound learns, for each weight, whether to round down or up so
+that the layer's *output* changes least. With ``c = (w - b) / a`` the continuous code of a weight under the RTN
+grid (``w = a * q + b`` on that grid: scale and zero point or offset unchanged), the soft quantized weight is::
+
+    W~ = a * clamp(floor(c) + h(V), qmin, qmax) + b,   h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)
+
+with ``zeta = 1.1``, ``gamma = -0.1`` (the rectified sigmoid). ``V`` minimises::
+
+    ||W x - W~ x||^2 / (rows)  +  lambda * sum(1 - |2 h(V) - 1|^beta)
+
+where the regulariser pushes every ``h`` to 0 or 1 as ``beta`` anneals from 20 to 2 (after a warm-up without it).
+The reconstruction term is ``tr((W~ - W) H (W~ - W)^T) / out`` with ``H = E[x x^T]`` over the layer's inputs
+(unfolded patches for a convolution), so each step costs ``out * K^2`` whatever the amount of data, and the whole
+calibration set enters every step (full-batch Adam: deterministic). The result is a QTensor of the same scheme,
+scales and zero points as RTN, with codes ``floor(c) + [h(V) >= 0.5]``: packed modules, kernels and save/load
+see no difference. Only integer grids (``int``/``uint``, sym/asym/fmin, any granularity) have a floor to learn.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from quanta import calib as calib_module
+from quanta.codec import quantize_tensor
+from quanta.errors import UnsupportedError
+from quanta.formats.integer import IntegerFormat
+from quanta.methods.layers import has_matrix_view, input_vectors, weight_matrix
+from quanta.methods.registry import Method, register_method
+from quanta.primitives.packing import pack
+from quanta.scheme import QScheme
+from quanta.tensor import QTensor, restore_2d, view_2d
+
+__all__ = ["adaround_weight", "check_scheme", "layer_hessians"]
+
+ZETA, GAMMA = 1.1, -0.1
+
+
+def check_scheme(scheme: QScheme) -> str | None:
+    """Why AdaRound cannot learn the rounding of ``scheme``, or ``None`` when it can."""
+    if not isinstance(scheme.fmt, IntegerFormat):
+        return f"adaround learns the rounding of integer grids; {scheme} is not one (use rtn for it)"
+    if scheme.rounding != "rne":
+        return f"adaround replaces the rounding itself; {scheme} asks for stochastic rounding (drop ':sr')"
+    return None
+
+
+def layer_hessians(
+    model: nn.Module,
+    names: Sequence[str],
+    calib: Iterable[Any],
+    *,
+    rows_per_step: int = 4096,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """``H = E[x x^T]`` (K, K) of the input vectors of each named layer, over the calibration data, in one pass.
+
+    A convolution sees one vector per output position; at most ``rows_per_step`` of them per calibration step
+    are kept, drawn uniformly with a seeded generator, so the cost stays bounded on large images.
+    """
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(names, 0)
+    generator = torch.Generator().manual_seed(seed)
+    handles = []
+    for name in names:
+
+        def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            rows = input_vectors(module, args[0].detach()).double()  # (rows, K)
+            if rows.shape[0] > rows_per_step:
+                rows = rows[torch.randperm(rows.shape[0], generator=generator)[:rows_per_step]]
+            sums[name] = sums.get(name, 0) + rows.T @ rows  # (K, K)
+            counts[name] += rows.shape[0]
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    try:
+        calib_module.run(model, calib)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (sums[name] / counts[name]).float() for name in names if counts[name]}
+
+
+def _h(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+def adaround_weight(
+    layer: nn.Module,
+    scheme: QScheme,
+    hessian: torch.Tensor,
+    *,
+    iters: int = 500,
+    lr: float = 1e-2,
+    reg: float = 0.01,
+    warmup: float = 0.2,
+    beta: tuple[float, float] = (20.0, 2.0),
+) -> QTensor:
+    """Quantize ``layer.weight`` with ``scheme`` and AdaRound-learned rounding.
+
+    Args:
+        layer: a Linear or ungrouped Conv layer.
+        scheme: an integer weight scheme (any granularity, sym/asym/fmin).
+        hessian: ``E[x x^T]`` (K, K) of the layer's input vectors (:func:`layer_hessians`).
+        iters: Adam steps; ``lr`` its learning rate; ``reg`` the regulariser's weight ``lambda``.
+        warmup: fraction of the steps without the regulariser; ``beta`` its (start, end) exponent.
+
+    Returns:
+        A QTensor with RTN's scales and zero points and learned codes.
+
+    Raises:
+        UnsupportedError: a non-integer scheme, or ``hessian`` does not match the layer.
+
+    Example:
+        >>> lin = torch.nn.Linear(16, 4)
+        >>> qt = adaround_weight(lin, QScheme.parse("int4:ch"), torch.eye(16), iters=20)
+        >>> qt.shape
+        torch.Size([4, 16])
+    """
+    problem = check_scheme(scheme)
+    if problem:
+        raise UnsupportedError(problem + ".")
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    w = weight.detach().float()
+    w_mat = weight_matrix(layer).detach().float()  # (out, K)
+    if hessian.shape != (w_mat.shape[1], w_mat.shape[1]):
+        raise UnsupportedError(
+            f"hessian is {tuple(hessian.shape)} but the layer's weight matrix is {tuple(w_mat.shape)}; "
+            "pass E[x x^T] over this layer's input vectors (layer_hessians)."
+        )
+    rtn = quantize_tensor(w, scheme)  # the grid: its params are kept as they are
+    fmt, grouping = scheme.fmt, rtn.grouping
+    qmin, qmax = fmt.qrange(scheme)  # type: ignore[attr-defined]
+
+    def affine(xb: torch.Tensor, pb: dict[str, torch.Tensor], code: int) -> torch.Tensor:
+        return fmt.decode(torch.full_like(xb, code, dtype=torch.int32), pb, scheme)
+
+    # Per-element a and b of w = a * q + b, in the (rows, cols) layout of the scheme's groups.
+    x2d = view_2d(w, scheme, None)
+    b2d = grouping.map(lambda xb, pb: affine(xb, pb, 0), x2d, rtn.params)
+    a2d = grouping.map(lambda xb, pb: affine(xb, pb, 1), x2d, rtn.params) - b2d
+    cont = (x2d - b2d) / a2d  # continuous codes
+    floor = torch.floor(cont)
+    rest = (cont - floor).clamp(1e-4, 1 - 1e-4)
+    # h(V0) = rest: start from the unrounded weights.
+    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).requires_grad_(True)
+    h_mat = hessian.float()
+    out = w_mat.shape[0]
+    optimizer = torch.optim.Adam([v], lr=lr)
+    start = int(warmup * iters)
+    for step in range(iters):
+        optimizer.zero_grad()
+        soft = a2d * torch.clamp(floor + _h(v), qmin, qmax) + b2d
+        delta = restore_2d(soft, w.shape, scheme, None).reshape(out, -1) - w_mat  # (out, K)
+        loss = (delta @ h_mat * delta).sum() / out
+        if step >= start:
+            progress = (step - start) / max(iters - start, 1)
+            b_now = beta[0] + (beta[1] - beta[0]) * progress  # linear decay, as in the paper's code
+            loss = loss + reg * (1 - (2 * _h(v) - 1).abs().pow(b_now)).sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        codes = torch.clamp(floor + (_h(v) >= 0.5).float(), qmin, qmax).to(torch.int32)  # (rows, cols)
+    packed = pack(codes, scheme.bits, fmt.signed_codes)
+    return QTensor(codes=packed, params=dict(rtn.params), scheme=scheme, shape=w.shape, dtype=weight.dtype)
+
+
+def _collect(model: nn.Module, names: Sequence[str], calib: list[Any]) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    return layer_hessians(model, [n for n in names if has_matrix_view(modules[n])], calib)
+
+
+def _round(name: str, layer: nn.Module, scheme: QScheme, hessians: dict[str, torch.Tensor]) -> QTensor:
+    if name not in hessians:  # a layer type without a matrix view, or one the data never reached
+        warnings.warn(f"adaround: no input statistics for {name}; its weight is rounded to nearest.", stacklevel=2)
+        weight = layer.weight
+        assert isinstance(weight, torch.Tensor)
+        return quantize_tensor(weight.detach(), scheme)
+    return adaround_weight(layer, scheme, hessians[name])
+
+
+register_method(
+    Method(
+        "adaround",
+        "rounding",
+        "AdaRound: per-layer learned rounding on calibration data (integer weight grids)",
+        needs_data=True,
+        collect=_collect,
+        round=_round,
+        check=check_scheme,
+    )
+)

@@ -1,0 +1,197 @@
+"""Cross-layer equalization (Nagel et al. 2019, "Data-Free Quantization", section 4.1).
+
+For two consecutive layers ``y = W2 f(W1 x + b1) + b2`` with ``f`` positively homogeneous (``f(s z) = s f(z)``
+for ``s > 0``: ReLU, LeakyReLU, max/average pooling, identity), rescaling channel ``i`` between them leaves the
+function unchanged::
+
+    W1' = S^-1 W1,  b1' = S^-1 b1,  W2' = W2 S,  S = diag(s)
+
+The paper picks ``s_i = sqrt(r1_i / r2_i)``, with ``r1_i`` the range (max |w|) of output channel ``i`` of ``W1``
+and ``r2_i`` the range of input channel ``i`` of ``W2``: afterwards both equal ``sqrt(r1_i r2_i)``, which
+maximises the summed relative precision of the two layers under per-tensor quantization. A layer in the middle
+of a chain belongs to two pairs, so the pairs are equalized in turn until the scales stop moving.
+
+Pairs come from the module tree, as BatchNorm folding finds its pairs: a Conv/Linear registered in the same
+parent right after another one (only positively homogeneous modules between them) whose input channels equal
+the first one's output channels. Activations called functionally in ``forward`` are invisible to that search,
+so pass ``example_inputs``: the output is checked and a wrong pairing is undone with an error.
+BatchNorm must be folded first (:func:`quanta.methods.fold_batchnorm`): it is affine, not homogeneous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from quanta.errors import QuantaError
+from quanta.methods.layers import input_channels, output_channels
+from quanta.methods.registry import Method, register_method
+
+__all__ = ["Equalized", "equalize", "find_pairs"]
+
+_FIRST = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_HOMOGENEOUS = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+
+
+@dataclass(frozen=True)
+class Equalized:
+    """One equalized pair. ``scale`` (out channels of ``first``) is the total ``s``: ``first``'s outputs were
+    divided by it and ``second``'s input weights multiplied by it."""
+
+    first: str
+    second: str
+    scale: torch.Tensor
+
+
+def _can_follow(a: nn.Module, b: nn.Module) -> bool:
+    if not isinstance(b, _FIRST) or input_channels(b) != output_channels(a):
+        return False
+    # The second layer's input channel i must be one column block of its weight: no groups.
+    return not (isinstance(b, (nn.Conv1d, nn.Conv2d)) and b.groups != 1)
+
+
+def find_pairs(model: nn.Module, names: set[str] | None = None) -> list[tuple[str, str]]:
+    """Consecutive weight-layer pairs with only positively homogeneous modules between them (see module doc).
+
+    Args:
+        model: the model.
+        names: if given, only pairs whose two layers are both in ``names``.
+    """
+    pairs: list[tuple[str, str]] = []
+    for parent_name, parent in model.named_modules():
+        prefix = f"{parent_name}." if parent_name else ""
+        children = list(parent.named_children())
+        for i, (name_a, a) in enumerate(children):
+            if not isinstance(a, _FIRST):
+                continue
+            for name_b, b in children[i + 1 :]:
+                if isinstance(b, _HOMOGENEOUS) and not isinstance(b, _FIRST):
+                    continue
+                if _can_follow(a, b):
+                    pairs.append((prefix + name_a, prefix + name_b))
+                break
+    if names is not None:
+        pairs = [p for p in pairs if p[0] in names and p[1] in names]
+    return pairs
+
+
+def _out_ranges(layer: nn.Module) -> torch.Tensor:
+    w = layer.weight
+    assert isinstance(w, torch.Tensor)
+    return w.detach().abs().reshape(w.shape[0], -1).amax(1)  # (out,)
+
+
+def _in_ranges(layer: nn.Module) -> torch.Tensor:
+    w = layer.weight
+    assert isinstance(w, torch.Tensor)
+    return w.detach().abs().transpose(0, 1).reshape(w.shape[1], -1).amax(1)  # (in,)
+
+
+def _rescale(first: nn.Module, second: nn.Module, s: torch.Tensor) -> None:
+    w1, w2 = first.weight, second.weight
+    assert isinstance(w1, torch.Tensor) and isinstance(w2, torch.Tensor)
+    with torch.no_grad():
+        w1.div_(s.reshape(-1, *([1] * (w1.dim() - 1))).to(w1.dtype))  # (out1, ...) rows
+        if isinstance(first.bias, torch.Tensor):
+            first.bias.div_(s.to(first.bias.dtype))
+        w2.mul_(s.reshape(1, -1, *([1] * (w2.dim() - 2))).to(w2.dtype))  # (out2, in2 = out1, ...) columns
+
+
+def equalize(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    names: set[str] | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    atol: float = 1e-4,
+) -> list[Equalized]:
+    """Equalize the per-channel weight ranges of every consecutive layer pair, in place, until converged.
+
+    Args:
+        model: the model (BatchNorm already folded).
+        example_inputs: optional input (tensor or tuple) to check the outputs stay the same.
+        names: restrict to pairs whose two layers are in this set.
+        max_iter: sweeps over all pairs at most.
+        tol: stop when every scale of a sweep is within ``1 +- tol``.
+        atol: tolerance of the output check, relative to the output's largest magnitude.
+
+    Returns:
+        The equalized pairs with their total scales (empty when none were found).
+
+    Raises:
+        QuantaError: the output check fails (the model is restored first).
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> [(e.first, e.second) for e in equalize(m, torch.randn(3, 4))]
+        [('0', '2')]
+    """
+    pairs = find_pairs(model, names)
+    if not pairs:
+        return []
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    with torch.no_grad():
+        before = model(*args) if example_inputs is not None else None
+    modules = dict(model.named_modules())
+    # Restored in place on failure, so references to these module objects (a quantize plan) stay valid.
+    saved = {n: {k: v.clone() for k, v in modules[n].state_dict().items()} for n in {n for p in pairs for n in p}}
+    totals = {p: torch.ones(output_channels(modules[p[0]]), dtype=torch.float64) for p in pairs}
+    for _ in range(max_iter):
+        worst = 0.0
+        for pair in pairs:
+            first, second = modules[pair[0]], modules[pair[1]]
+            r1, r2 = _out_ranges(first).double(), _in_ranges(second).double()
+            # s_i = sqrt(r1_i / r2_i); a dead channel (a range of 0) keeps s_i = 1.
+            s = torch.where((r1 > 0) & (r2 > 0), torch.sqrt(r1 / r2.clamp_min(1e-300)), torch.ones_like(r1))
+            _rescale(first, second, s)
+            totals[pair] *= s
+            worst = max(worst, float((s.log().abs()).max()))
+        if worst < tol:
+            break
+    if before is not None:
+        with torch.no_grad():
+            after = model(*args)
+        if not torch.allclose(after, before, atol=atol * float(before.abs().max()), rtol=0):
+            for name, state in saved.items():
+                modules[name].load_state_dict(state)
+            raise QuantaError(
+                "cross-layer equalization changed the model's output: a pair found from the module tree is not "
+                "joined by a positively homogeneous function in forward (e.g. a functional sigmoid or a residual "
+                f"add). The model was restored; the pairs tried were {pairs}."
+            )
+    return [Equalized(a, b, totals[(a, b)].float()) for a, b in pairs]
+
+
+def _transform(model: nn.Module, names: set[str], example: Any) -> None:
+    from quanta.methods.bn_fold import fold_batchnorm
+
+    # BatchNorm is affine, not homogeneous: fold it first (function-preserving) so conv -> BN -> ReLU -> conv pairs.
+    fold_batchnorm(model, example_inputs=example)
+    equalize(model, example, names=names)
+
+
+register_method(
+    Method(
+        "cle",
+        "transform",
+        "cross-layer equalization of consecutive layers (BatchNorm folded first; no data needed)",
+        transform=_transform,
+    )
+)

@@ -1,0 +1,107 @@
+"""How ``quanta.quantize`` runs the methods a recipe names: transforms, then per-weight rounding, then corrections.
+
+``quantize`` plans its layers first; :class:`MethodPlan` is built from that plan and checks it (unknown method,
+a scheme a method cannot use, a method that needs data without ``calib``) before anything is mutated. Then:
+
+1. :meth:`MethodPlan.before` runs the transforms on the float model (``cle``) and lets the rounding methods gather
+   their statistics (``adaround``'s ``E[x x^T]``), all before any layer is replaced;
+2. :meth:`MethodPlan.quantize_weight` is called for each layer in place of plain RTN;
+3. :meth:`MethodPlan.after` runs the corrections on the quantized model (``bc``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from quanta.errors import QuantaError, UnsupportedError
+from quanta.methods.registry import Method, Methods, calibration_list, parse_methods
+from quanta.scheme import QScheme
+from quanta.tensor import QTensor
+
+__all__ = ["MethodPlan", "Target"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One planned layer: its name, the float module, the recipe's method field and its weight scheme."""
+
+    name: str
+    module: nn.Module
+    method: str
+    scheme: QScheme | None
+
+
+class MethodPlan:
+    """The methods of one ``quantize`` call, validated on construction.
+
+    Raises:
+        UnsupportedError: an unknown method, or a weight scheme a method cannot use.
+        QuantaError: a method needs calibration data and ``calib`` is None.
+    """
+
+    def __init__(self, targets: Sequence[Target], calib: Iterable[Any] | None) -> None:
+        self.targets = list(targets)
+        self.methods: dict[str, Methods] = {}
+        for target in self.targets:
+            methods = parse_methods(target.method)
+            for method in methods.all:
+                problem = None if method.check is None or target.scheme is None else method.check(target.scheme)
+                if problem:
+                    raise UnsupportedError(f"{target.name}: {problem}.")
+                if method.needs_data and calib is None:
+                    raise QuantaError(
+                        f"method {method.name!r} (for {target.name}) learns from data: pass calib=... (an iterable "
+                        "of model inputs, e.g. quanta.calib.inputs(loader)), or drop the method."
+                    )
+            self.methods[target.name] = methods
+        needs_list = any(len(m.all) > 1 or m.needs_data for m in self.methods.values())
+        # Several passes are made over the data when methods run, so a generator is read into a list once.
+        self.calib: Iterable[Any] | None = calibration_list(calib) if needs_list else calib
+        self._stats: dict[str, Any] = {}
+
+    def _names(self, method: Method) -> list[str]:
+        return [t.name for t in self.targets if method in self.methods[t.name].all and method.handles(t.module)]
+
+    def _distinct(self, stage: str) -> list[Method]:
+        found: list[Method] = []
+        for methods in self.methods.values():
+            for method in methods.all:
+                if method.stage == stage and method not in found:
+                    found.append(method)
+        return found
+
+    def _steps(self) -> list[Any]:
+        return [] if self.calib is None else list(self.calib)
+
+    def before(self, model: nn.Module) -> None:
+        """Run the transforms, then gather the rounding methods' statistics (float model, nothing replaced yet)."""
+        steps = self._steps()
+        example = steps[0] if steps else None
+        for method in self._distinct("transform"):
+            assert method.transform is not None
+            method.transform(model, set(self._names(method)), example)
+        for method in self._distinct("rounding"):
+            if method.collect is not None:
+                self._stats[method.name] = method.collect(model, self._names(method), steps)
+
+    def quantize_weight(self, name: str, module: nn.Module, scheme: QScheme) -> QTensor:
+        """The layer's weight quantized by its rounding method."""
+        method = self.methods[name].rounding
+        if not method.handles(module):
+            warnings.warn(f"{method.name} does not handle {type(module).__name__} ({name}); using rtn.", stacklevel=2)
+            method = parse_methods("rtn").rounding
+        assert method.round is not None
+        return method.round(name, module, scheme, self._stats.get(method.name))
+
+    def after(self, model: nn.Module) -> None:
+        """Run the corrections on the quantized model (the targets' float modules are the references)."""
+        steps = self._steps()
+        for method in self._distinct("correction"):
+            assert method.correct is not None
+            names = set(self._names(method))
+            method.correct(model, {t.name: t.module for t in self.targets if t.name in names}, steps)
