@@ -224,7 +224,8 @@ def quantize(
 
 
 def model_nbytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer as stored, shared (tied) tensors counted once, no file headers."""
+    """Bytes of every parameter and buffer as stored, shared (tied) tensors counted once, no file headers, plus
+    what a module holds outside tensors (``module.extra_nbytes()``, e.g. a kernel's packed weight object)."""
     seen: set[tuple[int, int, torch.dtype]] = set()
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -233,4 +234,9 @@ def model_nbytes(model: nn.Module) -> int:
             continue
         seen.add(key)
         total += tensor.numel() * tensor.element_size()
+    # Storage a kernel holds outside tensors (e.g. a packed weight object) is reported by the module itself.
+    for module in model.modules():
+        extra = getattr(module, "extra_nbytes", None)
+        if callable(extra):
+            total += int(extra())
     return total

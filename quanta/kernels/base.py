@@ -22,8 +22,9 @@ def any_activation(act: QScheme | None, dynamic: bool) -> bool:
     return True
 
 
-# (canonical codes, weight shape (N, K), weight scheme) -> codes in the kernel's own layout, and back.
-Relayout = Callable[[torch.Tensor, torch.Size, QScheme], torch.Tensor]
+# (canonical codes, weight shape (N, K), weight scheme) -> the kernel's own copy of the codes (a tensor of the same
+# bytes, or an opaque packed object), and back to the canonical codes.
+Relayout = Callable[[Any, torch.Size, QScheme], Any]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ class Kernel:
             rebuilds them after ``load_state_dict``.
         to_layout / from_layout: when set, the module holds its codes in the kernel's layout (one copy: the
             canonical stream is converted, not duplicated); ``from_layout`` must invert ``to_layout`` exactly so
-            that ``state_dict`` and files keep the canonical codes.
+            that ``state_dict`` and files keep the canonical codes. ``to_layout`` returns a uint8 tensor of the
+            canonical stream's shape (kept as the ``weight_codes`` buffer) or an opaque object (kept instead of
+            the buffer; then ``layout_nbytes`` must say how many bytes it holds, for ``model_nbytes``).
+        priority: among kernels that accept a module, higher priority wins (then registration order).
     """
 
     name: str
@@ -57,6 +61,8 @@ class Kernel:
     prepare: Callable[[Any], dict[str, torch.Tensor]] | None = None
     to_layout: Relayout | None = None
     from_layout: Relayout | None = None
+    layout_nbytes: Callable[[Any, torch.Size], int] | None = None
+    priority: int = 0
 
 
 _KERNELS: list[Kernel] = []
@@ -72,10 +78,11 @@ def kernel_for(
 ) -> Kernel | None:
     """The first registered kernel for ``op`` whose rules accept the weight scheme and shape and the activation
     scheme (``act``, per token when ``dynamic``), or ``None``. Kernels registered with a specific activation rule
-    (W8A8) come before the ones that accept any input, so they win when both apply."""
+    (W8A8) come before the ones that accept any input, so they win when both apply; then higher ``priority``."""
     import quanta.kernels  # noqa: F401  (registers the built-in kernels)
 
-    ordered = sorted(_KERNELS, key=lambda k: k.activation is any_activation)  # stable: registration order kept
+    # Stable sort: kernels with an activation rule first, then by priority; registration order breaks ties.
+    ordered = sorted(_KERNELS, key=lambda k: (k.activation is any_activation, -k.priority))
     return next((k for k in ordered if k.op == op and k.applies(scheme, shape) and k.activation(act, dynamic)), None)
 
 

@@ -33,10 +33,20 @@ def _applies(scheme: QScheme, shape: torch.Size) -> bool:
     )
 
 
-def _activation(act: QScheme | None, dynamic: bool) -> bool:
+def int8_activation(act: QScheme | None, dynamic: bool) -> bool:
+    """W8A8 activation rule: int8 per tensor, calibrated (sym or asym) or per token (sym)."""
     if act is None or act.format != "int8" or act.granularity != "tensor":
         return False
     return act.mode == "sym" if dynamic else act.mode in ("sym", "asym")
+
+
+def input_scale(module: Any, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """The input's ``(scale, zero point)`` as :meth:`~quanta.nn.base.QuantModule.quantize_input` uses them:
+    per token ``(M, 1)`` and 0 when dynamic (symmetric signed codes), the calibrated scalars otherwise."""
+    if module.act_dynamic:
+        qmin, qmax = int_range(8, True, module.act_scheme.narrow)
+        return symmetric_scale(flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True), qmin, qmax), 0
+    return module.act_scale.float(), module.act_zero
 
 
 def _weight(module: Any) -> torch.Tensor:
@@ -54,15 +64,12 @@ def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantLinear, raw (u
     out_features, in_features = module.weight_shape
     qmin, qmax = int_range(8, True, module.act_scheme.narrow)
     flat = x.reshape(-1, in_features).float()  # (M, K)
-    if module.act_dynamic:
-        # One symmetric scale per token, as quantize_input computes it (zero point 0 for signed codes).
-        scale = symmetric_scale(flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True), qmin, qmax)  # (M, 1)
-        codes = (flat * (1.0 / scale)).round_().clamp_(qmin, qmax).to(torch.int8)
-        acc = torch._int_mm(codes, _weight(module).t())  # (M, N) int32
-    else:
-        scale, zero = module.act_scale.float(), module.act_zero
-        codes = (flat * (1.0 / scale)).round_().add_(zero).clamp_(qmin, qmax).to(torch.int8)
-        acc = torch._int_mm(codes, _weight(module).t()) - zero * module.kernel_rowsum
+    scale, zero = input_scale(module, flat)
+    # The reference path's codes: clamp(round(x * (1 / s)) + z), computed the same way in fp32.
+    codes = (flat * (1.0 / scale)).round_().add_(zero).clamp_(qmin, qmax).to(torch.int8)
+    acc = torch._int_mm(codes, _weight(module).t())  # (M, N) int32
+    if not module.act_dynamic:
+        acc -= zero * module.kernel_rowsum
     y = acc.float().mul_(scale * module.weight_scale.float().reshape(1, out_features))
     if module.bias is not None:
         y += module.bias.float()
@@ -76,7 +83,7 @@ W8A8_INT_MM = register_kernel(
         _applies,
         (torch.float32, torch.bfloat16),
         _run,
-        activation=_activation,
+        activation=int8_activation,
         quantizes_input=True,
         prepare=_prepare,
     )

@@ -20,6 +20,7 @@ from torch import nn
 
 from quanta.kernels.base import REFERENCE, Kernel, forced_reference, kernel_for
 from quanta.nn.base import QuantModule, register_quant_module
+from quanta.primitives.packing import packed_nbytes
 from quanta.tensor import QTensor
 
 CODES = "weight_codes"
@@ -33,6 +34,7 @@ class QuantLinear(QuantModule):
         self._set_qweight(qweight)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self._kernel: Kernel | None = None
+        self._held: Any = None
         self._derived: tuple[str, ...] = ()
         self._choose_kernel()
 
@@ -46,24 +48,40 @@ class QuantLinear(QuantModule):
     def _layout_of(self, kernel: Kernel | None) -> Kernel | None:
         return kernel if kernel is not None and kernel.to_layout is not None else None
 
+    @property
+    def kernel_weight(self) -> Any:
+        """The kernel's own copy of the codes: the ``weight_codes`` buffer, or an opaque packed object."""
+        return self._held if self._held is not None else self.weight_codes
+
     def canonical_codes(self) -> torch.Tensor:
         """The weight codes as the canonical packed stream (a converted temporary when a kernel holds its own)."""
-        codes = self.weight_codes
         owner = self._layout_of(self._kernel)
         if owner is None or owner.from_layout is None:
-            return codes
-        return owner.from_layout(codes, self.weight_shape, self.weight_scheme)
+            return self.weight_codes
+        codes: torch.Tensor = owner.from_layout(self.kernel_weight, self.weight_shape, self.weight_scheme)
+        return codes
+
+    def _hold(self, kernel: Kernel | None, canonical: torch.Tensor) -> None:
+        """Keep ``canonical`` in ``kernel``'s layout: as the ``weight_codes`` buffer, or as an opaque object."""
+        owner = self._layout_of(kernel)
+        held = (
+            canonical
+            if owner is None or owner.to_layout is None
+            else owner.to_layout(canonical, self.weight_shape, self.weight_scheme)
+        )
+        if isinstance(held, torch.Tensor):
+            if CODES not in self._buffers or held is not self._buffers[CODES]:
+                self._buffers[CODES] = held
+            self._held = None
+        else:  # the object is the only copy: the buffer goes (state_dict rebuilds the canonical codes)
+            self._buffers.pop(CODES, None)
+            self._held = held
 
     def _choose_kernel(self) -> None:
         """Pick the kernel for the current schemes and put the codes in its layout (one copy either way)."""
         canonical = self.canonical_codes()
         kernel = kernel_for("linear", self.weight_scheme, self.weight_shape, self.act_scheme, self.act_dynamic)
-        new_owner = self._layout_of(kernel)
-        codes = canonical
-        if new_owner is not None and new_owner.to_layout is not None:
-            codes = new_owner.to_layout(canonical, self.weight_shape, self.weight_scheme)
-        if codes is not self.weight_codes:
-            self._buffers[CODES] = codes
+        self._hold(kernel, canonical)
         self._kernel = kernel
         self.kernel = REFERENCE if kernel is None else kernel.name
         self._prepare_kernel()
@@ -76,21 +94,29 @@ class QuantLinear(QuantModule):
             self.register_buffer(f"kernel_{name}", value, persistent=False)
         self._derived = tuple(f"kernel_{name}" for name in derived)
 
+    def extra_nbytes(self) -> int:
+        """Bytes held outside tensors (an opaque packed weight), counted by :func:`quanta.model_nbytes`."""
+        kernel = self._kernel
+        if self._held is None or kernel is None or kernel.layout_nbytes is None:
+            return 0
+        return kernel.layout_nbytes(self._held, self.weight_shape)
+
     def set_activation(self, *args: Any, **kwargs: Any) -> None:
         super().set_activation(*args, **kwargs)
         self._choose_kernel()  # a W8A8 kernel may now apply
 
     def qweight_named(self, name: str) -> QTensor:
-        qt = super().qweight_named(name)
-        if name == "weight" and self._layout_of(self._kernel) is not None:
-            qt.codes = self.canonical_codes()
-        return qt
+        if name != "weight" or self._layout_of(self._kernel) is None:
+            return super().qweight_named(name)
+        scheme, shape, dtype, axis, param_names = self._qweight_meta[name]
+        params = {p: getattr(self, f"{name}_{p}") for p in param_names}
+        return QTensor(self.canonical_codes(), params, scheme, shape, dtype, axis)
 
     # -- state dict: canonical codes in and out ----------------------------------------------------------------
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._layout_of(self._kernel) is not None and prefix + CODES in destination:
+        if self._layout_of(self._kernel) is not None:
             destination[prefix + CODES] = self.canonical_codes()
 
     def _load_from_state_dict(
@@ -103,21 +129,31 @@ class QuantLinear(QuantModule):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        owner = self._layout_of(self._kernel)
-        incoming = state_dict.get(prefix + CODES)
-        # Convert only codes that fit; anything else goes through unchanged for torch to report.
-        fits = (
-            isinstance(incoming, torch.Tensor)
-            and incoming.shape == self.weight_codes.shape
-            and incoming.dtype == self.weight_codes.dtype
-        )
-        if owner is not None and owner.to_layout is not None and fits and incoming is not None:
-            converted = owner.to_layout(incoming, self.weight_shape, self.weight_scheme)
-            state_dict = {**state_dict, prefix + CODES: converted}
+        if self._layout_of(self._kernel) is not None:
+            state_dict = self._load_codes(state_dict, prefix, missing_keys, error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self._prepare_kernel()  # derived buffers follow the loaded codes and activation parameters
+
+    def _load_codes(
+        self, state_dict: Mapping[str, Any], prefix: str, missing_keys: list[str], error_msgs: list[str]
+    ) -> Mapping[str, Any]:
+        """Take the canonical codes out of ``state_dict`` into the kernel's layout; return what is left."""
+        key = prefix + CODES
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        incoming = state_dict.get(key)
+        if incoming is None:
+            missing_keys.append(key)
+            return rest
+        want = torch.Size([packed_nbytes(self.weight_shape.numel(), self.weight_scheme.bits)])
+        if not isinstance(incoming, torch.Tensor) or incoming.shape != want or incoming.dtype != torch.uint8:
+            got = f"{incoming.dtype} {tuple(incoming.shape)}" if isinstance(incoming, torch.Tensor) else "not a tensor"
+            error_msgs.append(f"size mismatch for {key}: got {got}, expected torch.uint8 {tuple(want)}.")
+            return rest
+        self._hold(self._kernel, incoming.detach())
+        # A tensor layout is a buffer again: hand it to torch's loader (which expects the key), already converted.
+        return rest if self._held is not None else {**rest, key: self.weight_codes}
 
     # -- forward -------------------------------------------------------------------------------------------
 
