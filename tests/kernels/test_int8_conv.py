@@ -3,6 +3,7 @@ against the same convolution computed exactly in float64."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,16 @@ def test_kernel_is_chosen_statically() -> None:
     assert _quantized(uneven, x).kernel == "reference"
 
 
+def test_cpus_without_vnni_take_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without VNNI, oneDNN multiplies u8 x s8 pairs into saturating int16: the static rule must refuse the kernel.
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
+    x_calib, x = _inputs(nn.Conv2d(4, 8, 3), 11)
+    q = _quantized(nn.Conv2d(4, 8, 3), x_calib)
+    assert q.kernel == "reference"
+    expected = F.conv2d(q.quantize_input(x), q.dequantized_weight(torch.float32), q.bias)
+    assert torch.equal(q(x), expected)
+
+
 @needs_kernel
 def test_other_inputs_take_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
     x_calib, x = _inputs(nn.Conv2d(4, 8, 3), 7)
@@ -160,6 +171,8 @@ def test_save_load_keeps_one_weight_copy_and_bit_identical_outputs(tmp_path: Pat
     assert [n for n, _ in model[0].named_buffers() if "weight" in n] == ["weight_codes", "weight_scale"]
     quanta.save(model, tmp_path / "m")
     skeleton = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
+    config = json.loads((tmp_path / "m" / "quanta.json").read_text())
+    assert {entry["kernel"] for entry in config["modules"].values()} == {"int8_conv"}
     loaded = quanta.load(tmp_path / "m", skeleton)
     assert loaded[0].kernel == "int8_conv"
     assert torch.equal(loaded(x), before)
