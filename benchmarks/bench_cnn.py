@@ -2,8 +2,8 @@
 
 LeNet-5 / MNIST: calibrate on the first 8,000 test images, evaluate on the last 2,000. ResNet-20 / CIFAR-10
 sample: calibrate on the 400 train images, evaluate on the 150 test images. Latency in the accuracy table: one
-forward pass of the whole evaluation batch, median of 5 rounds, fp32 inputs (w8a8 convolutions take the int8
-conv kernel, other presets the reference path).
+forward pass of the whole evaluation batch, median of 5 rounds, fp32 inputs (modules with a kernel for their
+scheme, e.g. w8a8 convolutions, take it; the rest the reference path): read speed from the latency table.
 
 The latency table times the same batches (ResNet-20: 150 images, LeNet-5: 2,000) for float eager, quanta w8a8
 through its kernels and through the reference path (``QUANTA_KERNEL=reference``), torch's FX int8 path
