@@ -83,7 +83,7 @@ def run(name: str, ref: nn.Module, calib: list[torch.Tensor], test: tuple[torch.
     print(f"\n{name}: {len(test[1])} held-out images")
     print(f"| {'method':28} | layer-output rel. MSE | vs RTN | accuracy | vs float (pt) | time (s) |")
     print(f"|{'-' * 30}|----------------------:|-------:|---------:|--------------:|---------:|")
-    base = {"W4A8": rows[1][1], "w4a16": rows[4][1]}
+    base = {"W4A8": rows[1][1], "w4a16-g32": rows[4][1]}
     for label, mse, acc, sec in rows:
         ratio = "" if label == "float" else f"{mse / base[label.split()[0]]:.2f}x"
         print(
