@@ -55,17 +55,14 @@ def scales_and_zeros(module: Any, dtype: torch.dtype) -> torch.Tensor:
     """torch's ``[K / g, N, 2]`` table of ``(scale, zero)`` for the module's weight, in ``dtype``."""
     scheme = module.weight_scheme
     scale = module.weight_scale.float()  # (N, K / g)
-    out_features, n_groups = scale.shape
-    # Written straight into the table (two strided copies); measured faster than stacking and transposing.
-    table = torch.empty(n_groups, out_features, 2, dtype=dtype)
-    table[..., 0] = scale.t()
     if scheme.mode == "asym":
-        offset = 0 if scheme.fmt.signed_codes else 8  # torch's code u is q + 8 (signed) or q (unsigned)
-        zero = module.weight_zero.float().sub_(offset).mul_(scale).neg_()  # (c - z) * s, (N, K / g)
-        table[..., 1] = zero.t()
-    else:  # symmetric: the zero point is where torch's u - 8 puts it already
-        table[..., 1] = 0
-    return table
+        # zero = (c - z) * s with c = 0 for signed codes (u = q + 8) and 8 for unsigned ones (u = q).
+        shift = module.weight_zero if scheme.fmt.signed_codes else module.weight_zero.float() - 8
+        zero = torch.mul(scale, shift).neg_()
+    else:  # symmetric: torch's u - 8 already puts the zero point where the scheme has it
+        zero = torch.zeros_like(scale)
+    # One stack of the two transposed views, then one cast: measured the fastest way to build the table.
+    return torch.stack([scale.t(), zero.t()], dim=-1).to(dtype)
 
 
 def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantLinear holding torch's layout
