@@ -8,6 +8,7 @@ with bf16 activations, the W8A8 kernel takes fp32 (or bf16). Peer rows (torchao,
 
     python benchmarks/bench_linear.py            # full run
     python benchmarks/bench_linear.py --quick    # smoke run on a small layer, no peers
+    python benchmarks/bench_linear.py --threads 1  # steadier on a shared machine
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _peer_rows(layer: nn.Linear, x32: torch.Tensor, x16: torch.Tensor, failures:
     def quanto(weights: str) -> Callable[[], torch.Tensor]:
         import optimum.quanto as oq
 
-        model = copy.deepcopy(layer).to(torch.bfloat16)
+        model = nn.Sequential(copy.deepcopy(layer)).to(torch.bfloat16)  # quanto swaps children, not the root
         oq.quantize(model, weights=getattr(oq, weights))
         oq.freeze(model)
         return lambda: model(x16)
@@ -164,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="one small shape, 2 rounds, no peers")
     parser.add_argument("--no-peers", action="store_true", help="skip torchao / optimum-quanto rows")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = [(256, 256)] if args.quick else [(4096, 4096), (11008, 4096)]
     batches = [1] if args.quick else [1, 64]
     rounds = 2 if args.quick else args.rounds
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     for name, why in failures.items():
         print(f"peer row skipped: {name}: {why}")
-    print(f"\nCommand: python benchmarks/bench_linear.py{' --quick' if args.quick else ''}")
+    flags = (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
+    print(f"\nCommand: python benchmarks/bench_linear.py{flags}")
 
 
 if __name__ == "__main__":
