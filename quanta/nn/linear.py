@@ -2,7 +2,7 @@
 
 The kernel is chosen statically from the weight scheme and shape and the activation scheme (at construction and
 again in :meth:`set_activation`); the reference path (dequantize ``W``, then ``F.linear``) serves every other
-case: other input dtypes, ``QUANTA_KERNEL=reference``, and inputs that need gradients.
+case: other input dtypes, non-CPU inputs, ``QUANTA_KERNEL=reference``, and inputs that need gradients.
 
 A kernel may keep the codes in its own layout (int4: torch's packed blocks). The module then holds that layout
 only, the same bytes as the canonical stream, and converts back on the way out: :attr:`qweights`,
@@ -162,6 +162,7 @@ class QuantLinear(QuantModule):
         if (
             kernel is not None
             and x.dtype in kernel.input_dtypes
+            and x.device.type == "cpu"  # every kernel here runs torch's CPU operators
             and not (x.requires_grad and torch.is_grad_enabled())  # the kernels have no backward
             and not forced_reference()
         ):
