@@ -1,20 +1,28 @@
 """int8 x int8 convolutions through oneDNN's quantized conv (CPU with VNNI), fp32 out: the W8A8 conv kernel.
 
 Applies to symmetric per-output-channel int8 weights (``int8:ch``, the ``w8a8`` preset's) when the module's
-input is quantized statically per tensor to 8-bit integers (see ``QuantConv*.kernel_inputs_ok``). One call:
+input is quantized statically per tensor to full-range 8-bit integers. One call, for a raw fp32 input ``x``:
 
-1. quantize the fp32 input with the calibrated ``act_scale`` / ``act_zero`` to ``quint8`` (torch's
-   ``quantize_per_tensor``: the same rounding as quanta's reference fake-quantization, so the codes are equal);
-   signed int8 codes ``q`` become unsigned ``q + 128`` with the zero point moved by 128, the same grid;
+1. quantize ``x`` with the calibrated ``act_scale`` / ``act_zero`` to ``quint8`` (torch's ``quantize_per_tensor``:
+   the same rounding as quanta's reference fake-quantization, so the codes are equal); signed int8 codes ``q``
+   become unsigned ``q + 128`` with the zero point moved by 128, the same grid;
 2. run ``onednn::qconv2d_pointwise`` on those bytes with the packed weight, the weight scales and the bias,
    accumulating in int32 and writing ``y = s_x * s_w[o] * acc + b`` straight to fp32 (no output scale to
    calibrate, no second rounding), channels-last like the input.
 
 So the output equals the reference path (fake-quantized input, dequantized weight, float conv) up to the float
-rounding of the reference's own sums. The weight is repacked from the stored codes on every call (tens of
-microseconds for CNN-sized weights) rather than cached: the module keeps exactly one copy of its weight, in the
-canonical codes that ``state_dict`` and ``quanta.save`` write. Without VNNI, oneDNN's int8 path multiplies in
-saturating int16 pairs, so the kernel only applies on CPUs that have it. Conv1d runs as a conv2d of height 1.
+rounding of the reference's own sums. Conv1d runs as a conv2d of height 1. Without VNNI, oneDNN's int8 path
+multiplies in saturating int16 pairs, so the kernel applies only on CPUs that have it.
+
+The weight: oneDNN reorders it into its own blocked layout (``qconv_prepack``, 50-1000 us, as long as a
+batch-1 conv). Where that layout is no bigger than the codes (up to 1% padding: channels in multiples of the
+block), the module holds the packed weight *instead of* its codes (:class:`PackedConvWeight`; ``to_dense``
+gives the codes back exactly for ``state_dict`` and files). Elsewhere (e.g. 3 or 6 channels, padded to 4 or 16)
+the module keeps its codes and the kernel packs them on every call: a few percent slower at batch 150, up to
+2x at batch 1, but the model stays within its memory budget.
+
+The layout functions get the *grouped* weight shape ``(groups, out / groups, in / groups, *kernel)`` from the
+conv module, since a grouped weight packs differently.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import torch
 from quanta.kernels.base import Kernel, register_kernel
 from quanta.scheme import QScheme
 
-__all__ = ["INT8_CONV1D", "INT8_CONV2D", "int8_conv_available"]
+__all__ = ["INT8_CONV1D", "INT8_CONV2D", "PackedConvWeight", "int8_conv_available"]
+
+MAX_PADDING = 0.01  # the packed weight may exceed the codes by at most this fraction to be held instead of them
 
 
 def int8_conv_available() -> bool:
@@ -40,6 +50,59 @@ def int8_conv_available() -> bool:
         and vnni is not None
         and bool(vnni())
     )
+
+
+def _prepack(codes: torch.Tensor, grouped: torch.Size) -> torch.Tensor:
+    """oneDNN's packed int8 weight (an opaque mkldnn tensor) from the canonical codes of a grouped weight shape.
+
+    The packing depends on the groups but not on strides, padding, dilation or scales (checked in the tests)."""
+    groups, out_per_group = grouped[0], grouped[1]
+    weight = codes.view(torch.int8).view(groups * out_per_group, *grouped[2:])  # (out, in / groups, *kernel)
+    if weight.dim() == 3:  # conv1d: (out, in / groups, k) -> (out, in / groups, 1, k)
+        weight = weight.unsqueeze(2)
+    ones = torch.ones(weight.shape[0])
+    dims = weight.dim() - 2
+    return torch.ops.onednn.qconv_prepack(weight, ones, 1.0, 0, [1] * dims, [0] * dims, [1] * dims, groups, None)
+
+
+class PackedConvWeight:
+    """oneDNN's packed weight, held by a conv module instead of its codes (the only copy).
+
+    Deep copies and pickles go through the canonical codes and pack again (mkldnn tensors have no storage to copy).
+    """
+
+    def __init__(self, packed: torch.Tensor, grouped: torch.Size) -> None:
+        self.packed, self.grouped = packed, grouped
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, grouped: torch.Size) -> PackedConvWeight:
+        return cls(_prepack(codes, grouped), grouped)
+
+    def codes(self) -> torch.Tensor:
+        """The canonical codes (1-D uint8, the int8 weight's bytes), exactly as packed."""
+        return self.packed.to_dense().reshape(-1).view(torch.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        return int(torch.ops.mkldnn._nbytes(self.packed))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PackedConvWeight.from_codes, (self.codes(), self.grouped))
+
+
+def _to_layout(codes: torch.Tensor, grouped: torch.Size, scheme: QScheme) -> Any:
+    held = PackedConvWeight.from_codes(codes, grouped)
+    if held.nbytes > (1 + MAX_PADDING) * codes.numel():
+        return codes  # the padding would cost memory: keep the codes and pack per call
+    return held
+
+
+def _from_layout(held: Any, grouped: torch.Size, scheme: QScheme) -> torch.Tensor:
+    return held.codes() if isinstance(held, PackedConvWeight) else held
+
+
+def _layout_nbytes(held: Any, grouped: torch.Size) -> int:
+    return held.nbytes if isinstance(held, PackedConvWeight) else 0
 
 
 def _applies(scheme: QScheme, shape: torch.Size, dims: int) -> bool:
@@ -60,13 +123,25 @@ def _applies_conv2d(scheme: QScheme, shape: torch.Size) -> bool:  # weight (out,
     return _applies(scheme, shape, 4)
 
 
-def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d with static int8 input
+def _activation(act: QScheme | None, dynamic: bool) -> bool:
+    """Static per-tensor 8-bit integers on the full byte (the grid oneDNN's uint8 input covers exactly)."""
+    return (
+        act is not None
+        and not dynamic
+        and act.granularity == "tensor"
+        and act.format in ("int8", "uint8")
+        and not act.narrow
+    )
+
+
+def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d, raw fp32 input
     one_d = x.dim() == 3
-    stride, padding, dilation = list(module.stride), list(module._kernel_padding), list(module.dilation)
-    weight = module.weight_codes.view(torch.int8).view(module.weight_shape)  # (out, in / groups, *kernel)
-    if one_d:  # (n, c, l) -> (n, c, 1, l); kernel (k,) -> (1, k)
-        x, weight = x.unsqueeze(2), weight.unsqueeze(2)
+    stride, padding, dilation = list(module.stride), list(module.kernel_padding), list(module.dilation)
+    if one_d:  # (n, c, l) -> (n, c, 1, l), as the weight was packed
+        x = x.unsqueeze(2)
         stride, padding, dilation = [1, *stride], [0, *padding], [1, *dilation]
+    held = module.kernel_weight
+    packed = held.packed if isinstance(held, PackedConvWeight) else _prepack(held, module.grouped_weight_shape)
     w_scale = module.weight_scale.reshape(-1).float()  # (out,)
     x_scale = float(module.act_scale)
     x_zero = int(module.act_zero) + (128 if module.act_scheme.fmt.signed_codes else 0)  # signed codes -> uint8
@@ -75,9 +150,6 @@ def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / Quant
         qx = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), x_scale, x_zero, torch.quint8)
     # The uint8 bytes of the quint8 tensor, zero-copy (the op takes plain uint8 with the qparams as arguments).
     x_u8 = torch.empty(0, dtype=torch.uint8).set_(qx.untyped_storage(), qx.storage_offset(), qx.shape, qx.stride())
-    packed = torch.ops.onednn.qconv_prepack(
-        weight, w_scale, x_scale, x_zero, stride, padding, dilation, module.groups, None
-    )
     bias = None if module.bias is None else module.bias.float()
     w_zero = torch.zeros(w_scale.numel(), dtype=torch.int64)
     y = torch.ops.onednn.qconv2d_pointwise(
@@ -87,5 +159,20 @@ def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / Quant
     return y.squeeze(2) if one_d else y
 
 
-INT8_CONV2D = register_kernel(Kernel("int8_conv", "conv2d", _applies_conv2d, (torch.float32,), _run))
-INT8_CONV1D = register_kernel(Kernel("int8_conv", "conv1d", _applies_conv1d, (torch.float32,), _run))
+def _kernel(op: str, applies: Any) -> Kernel:
+    return Kernel(
+        "int8_conv",
+        op,
+        applies,
+        (torch.float32,),
+        _run,
+        activation=_activation,
+        quantizes_input=True,
+        to_layout=_to_layout,
+        from_layout=_from_layout,
+        layout_nbytes=_layout_nbytes,
+    )
+
+
+INT8_CONV2D = register_kernel(_kernel("conv2d", _applies_conv2d))
+INT8_CONV1D = register_kernel(_kernel("conv1d", _applies_conv1d))

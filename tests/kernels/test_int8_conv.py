@@ -3,6 +3,7 @@ against the same convolution computed exactly in float64."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import quanta
-from quanta.kernels.int8_conv import int8_conv_available
+from quanta.codec import quantize_tensor
+from quanta.kernels.int8_conv import PackedConvWeight, int8_conv_available
 from quanta.recipe import Recipe, Rule
 from quanta.scheme import QScheme
 
@@ -159,22 +161,55 @@ def test_channels_last_and_strided_inputs(monkeypatch: pytest.MonkeyPatch) -> No
     assert ((q(wide) - reference).abs() <= (k + 8) * EPS * magnitude).all()
 
 
-@needs_kernel
-def test_save_load_keeps_one_weight_copy_and_bit_identical_outputs(tmp_path: Path) -> None:
+def _two_convs() -> nn.Sequential:
     torch.manual_seed(9)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
+    # 3 input channels pad to oneDNN's block of 4 (the codes stay); 16 -> 16 packs without padding (held).
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, groups=2))
+
+
+@needs_kernel
+def test_packed_weight_is_the_only_copy_and_state_dict_keeps_canonical_codes() -> None:
+    model, x = _two_convs(), torch.randn(2, 3, 12, 12)
+    codes = [quantize_tensor(m.weight.detach(), QScheme.parse("int8:ch")).codes for m in (model[0], model[2])]
+    quanta.quantize(model, "w8a8", calib=[x])
+    first, second = model[0], model[2]
+    assert isinstance(first.kernel_weight, torch.Tensor) and first.weight_codes is first.kernel_weight
+    assert isinstance(second.kernel_weight, PackedConvWeight) and "weight_codes" not in dict(second.named_buffers())
+    state = model.state_dict()
+    assert torch.equal(state["0.weight_codes"], codes[0]) and torch.equal(state["2.weight_codes"], codes[1])
+    # model_nbytes counts the packed weight (oneDNN's own size) in place of the codes: no second copy.
+    stored = sum(t.numel() * t.element_size() for t in state.values())
+    assert stored <= quanta.model_nbytes(model) <= stored + 0.01 * codes[1].numel()
+    assert second.extra_nbytes() == codes[1].numel()
+    # Copies pack again from the canonical codes and compute the same thing.
+    y = model(x)
+    assert torch.equal(copy.deepcopy(model)(x), y)
+    fresh = quanta.quantize(_two_convs(), "w8a8", calib=[x])
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(x), y)
+
+
+@needs_kernel
+def test_load_state_dict_refuses_codes_of_the_wrong_size() -> None:
     x = torch.randn(2, 3, 12, 12)
+    model = quanta.quantize(_two_convs(), "w8a8", calib=[x])
+    state = model.state_dict()
+    state["2.weight_codes"] = state["2.weight_codes"][:-1]
+    with pytest.raises(RuntimeError, match=r"size mismatch for 2\.weight_codes"):
+        model.load_state_dict(state)
+
+
+@needs_kernel
+def test_save_load_bit_identical_with_the_kernel_recorded(tmp_path: Path) -> None:
+    model, x = _two_convs(), torch.randn(2, 3, 12, 12)
     quanta.quantize(model, "w8a8", calib=[x])
     before = model(x)
-    assert [model[0].kernel, model[2].kernel] == ["int8_conv", "int8_conv"]
-    # The weight is held once, as the canonical int8 codes (no cached packed copy in the module).
-    assert [n for n, _ in model[0].named_buffers() if "weight" in n] == ["weight_codes", "weight_scale"]
     quanta.save(model, tmp_path / "m")
-    skeleton = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
     config = json.loads((tmp_path / "m" / "quanta.json").read_text())
     assert {entry["kernel"] for entry in config["modules"].values()} == {"int8_conv"}
-    loaded = quanta.load(tmp_path / "m", skeleton)
-    assert loaded[0].kernel == "int8_conv"
+    loaded = quanta.load(tmp_path / "m", _two_convs())
+    assert [loaded[0].kernel, loaded[2].kernel] == ["int8_conv", "int8_conv"]
+    assert isinstance(loaded[2].kernel_weight, PackedConvWeight)
     assert torch.equal(loaded(x), before)
 
 
