@@ -4,9 +4,11 @@ The kernel is chosen statically from the weight scheme and shape and the activat
 again in :meth:`set_activation`); the reference path (dequantize ``W``, then ``F.linear``) serves every other
 case: other input dtypes, non-CPU inputs, ``QUANTA_KERNEL=reference``, and inputs that need gradients.
 
-A kernel may keep the codes in its own layout (int4: torch's packed blocks). The module then holds that layout
-only, the same bytes as the canonical stream, and converts back on the way out: :attr:`qweights`,
-``state_dict()`` and files always carry the canonical codes, so checkpoints do not depend on the kernel.
+A kernel may keep the codes in its own layout (int4: torch's packed blocks, the same bytes as the canonical
+stream, in the ``weight_codes`` buffer; W8A8 on fbgemm: fbgemm's packed weight object, which replaces the buffer
+and reports its bytes through :meth:`extra_nbytes`). The module then holds that copy only and converts back on
+the way out: :attr:`qweights`, ``state_dict()`` and files always carry the canonical codes, so checkpoints do not
+depend on the kernel or the CPU.
 """
 
 from __future__ import annotations
