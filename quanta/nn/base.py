@@ -92,7 +92,8 @@ class QuantModule(nn.Module):
             for n, b in keep.items():
                 device = fn(torch.empty(0, device=b.device)).device if b.device.type != "meta" else b.device
                 keep[n] = b.to(device)
-            self._buffers = {n: keep.get(n, b) for n, b in order}  # the original order, for state_dict
+            applied = self._buffers  # what super()._apply made of the other buffers (moved or cast)
+            self._buffers = {n: keep[n] if n in keep else applied.get(n, b) for n, b in order}  # original order
         return self
 
     def set_activation(
