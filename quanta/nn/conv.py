@@ -108,6 +108,15 @@ class _QuantConv(QuantModule):
         self._kernel = kernel
         self.kernel = REFERENCE if kernel is None else kernel.name
 
+    def _apply(self, fn: Any, recurse: bool = True) -> _QuantConv:
+        # The packed weight lives in CPU memory: moving elsewhere puts the canonical codes back in their buffer
+        # (which then moves like any buffer; the kernel packs per call again if the module comes back).
+        if self._held is not None and fn(torch.empty(0)).device.type != "cpu":
+            self._buffers[CODES] = self.canonical_codes()
+            self._held = None
+        super()._apply(fn, recurse)
+        return self
+
     def set_activation(self, *args: Any, **kwargs: Any) -> None:
         super().set_activation(*args, **kwargs)
         self._choose_kernel()  # the input settings decide whether an integer kernel can serve this module

@@ -190,6 +190,19 @@ def test_packed_weight_is_the_only_copy_and_state_dict_keeps_canonical_codes() -
 
 
 @needs_kernel
+def test_moving_off_the_cpu_puts_the_codes_back_in_their_buffer() -> None:
+    x = torch.randn(2, 3, 12, 12)
+    model = quanta.quantize(_two_convs(), "w8a8", calib=[x])
+    state, y = model.state_dict(), model(x)
+    moved = copy.deepcopy(model).to("meta")  # any non-CPU device: the packed weight cannot follow
+    assert moved[2].weight_codes.is_meta and moved[2].weight_codes.shape == state["2.weight_codes"].shape
+    # Back on the CPU with the codes loaded into the buffer: the kernel packs per call and computes the same.
+    moved.load_state_dict(state, assign=True)  # as quanta.load fills a meta skeleton
+    assert moved[2].kernel == "int8_conv" and isinstance(moved[2].kernel_weight, torch.Tensor)
+    assert torch.equal(moved(x), y)
+
+
+@needs_kernel
 def test_load_state_dict_refuses_codes_of_the_wrong_size() -> None:
     x = torch.randn(2, 3, 12, 12)
     model = quanta.quantize(_two_convs(), "w8a8", calib=[x])
