@@ -79,10 +79,17 @@ class QuantLinear(QuantModule):
             self._buffers.pop(CODES, None)
             self._held = held
 
+    def _on_cpu(self) -> bool:
+        codes = self._buffers.get(CODES)
+        return codes is None or codes.device.type == "cpu"  # no buffer: an opaque (CPU) packed object holds them
+
     def _choose_kernel(self) -> None:
-        """Pick the kernel for the current schemes and put the codes in its layout (one copy either way)."""
+        """Pick the kernel for the current schemes and put the codes in its layout (one copy either way). Every
+        kernel runs torch's CPU operators, so a module whose codes are elsewhere (meta, GPU) gets none."""
         canonical = self.canonical_codes()
-        kernel = kernel_for("linear", self.weight_scheme, self.weight_shape, self.act_scheme, self.act_dynamic)
+        kernel = None
+        if self._on_cpu():
+            kernel = kernel_for("linear", self.weight_scheme, self.weight_shape, self.act_scheme, self.act_dynamic)
         self._hold(kernel, canonical)
         self._kernel = kernel
         self.kernel = REFERENCE if kernel is None else kernel.name
@@ -95,6 +102,18 @@ class QuantLinear(QuantModule):
         for name, value in derived.items():
             self.register_buffer(f"kernel_{name}", value, persistent=False)
         self._derived = tuple(f"kernel_{name}" for name in derived)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantLinear:
+        # A kernel's layout lives in CPU memory (an fbgemm object cannot move at all): leaving the CPU puts the
+        # canonical codes back in their buffer, which then moves like any buffer; coming back picks a kernel again.
+        if self._layout_of(self._kernel) is not None and fn(torch.empty(0)).device.type != "cpu":
+            self._hold(None, self.canonical_codes())
+            self._kernel, self.kernel = None, REFERENCE
+            self._prepare_kernel()
+        super()._apply(fn, recurse)
+        if self._kernel is None and self._on_cpu():
+            self._choose_kernel()
+        return self
 
     def extra_nbytes(self) -> int:
         """Bytes held outside tensors (an opaque packed weight), counted by :func:`quanta.model_nbytes`."""
@@ -136,6 +155,8 @@ class QuantLinear(QuantModule):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if self._kernel is None and self._on_cpu():  # e.g. a module moved to meta, then loaded with assign=True
+            self._choose_kernel()
         self._prepare_kernel()  # derived buffers follow the loaded codes and activation parameters
 
     def _load_codes(

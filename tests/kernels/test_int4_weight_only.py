@@ -128,3 +128,15 @@ def test_load_state_dict_deepcopy_and_requantize() -> None:
     assert torch.equal(twin(x), a(x)) and twin.kernel == "int4_weight_only"
     with pytest.raises(RuntimeError, match="size mismatch"):
         a.load_state_dict({**a.state_dict(), "weight_codes": torch.zeros(3, dtype=torch.uint8)})
+
+
+def test_moving_off_the_cpu_puts_the_canonical_codes_back() -> None:
+    model = nn.Sequential(_layer())
+    state, x = model.state_dict(), torch.randn(2, 128, dtype=torch.bfloat16)
+    y = model(x)
+    moved = copy.deepcopy(model).to("meta")
+    assert moved[0].kernel == "reference" and moved[0].weight_codes.is_meta
+    moved.load_state_dict(state, assign=True)
+    assert moved[0].kernel == "int4_weight_only"
+    assert torch.equal(moved[0].qweight.codes, state["0.weight_codes"])
+    assert torch.equal(moved(x), y)

@@ -122,3 +122,15 @@ def test_load_state_dict_repacks_and_reports_bad_codes() -> None:
         b.load_state_dict({**a.state_dict(), "0.weight_codes": torch.zeros(3, dtype=torch.uint8)})
     with pytest.raises(RuntimeError, match="Missing key"):
         b.load_state_dict({k: v for k, v in a.state_dict().items() if k != "0.weight_codes"})
+
+
+def test_moving_off_the_cpu_puts_the_codes_back_in_their_buffer() -> None:
+    model = _model("w8a8")
+    state, x = model.state_dict(), torch.randn(2, IN)
+    y = model(x)
+    moved = copy.deepcopy(model).to("meta")  # fbgemm's packed weight cannot follow
+    assert moved[0].kernel == "reference" and moved[0].weight_codes.is_meta
+    assert moved[0].weight_codes.shape == state["0.weight_codes"].shape
+    moved.load_state_dict(state, assign=True)  # back on the CPU, as quanta.load fills a meta skeleton
+    assert moved[0].kernel == "w8a8_fbgemm" and "weight_codes" not in dict(moved[0].named_buffers())
+    assert torch.equal(moved(x), y)
