@@ -28,6 +28,7 @@ CONV2D_CASES = [
     (3, 16, 3, 1, 1, 1, 1, False),
     (16, 32, 3, 2, 1, 1, 1, True),
     (8, 8, 3, 1, 2, 2, 1, True),
+    (16, 16, 3, 1, 2, 2, 1, True),  # 16 channels: the packed weight is held (packed once, without the geometry)
     (12, 24, (3, 5), (2, 1), (1, 2), 1, 3, True),
     (16, 16, 3, 1, 1, 1, 16, True),  # depthwise
     (6, 10, 1, 1, 0, 1, 1, True),
