@@ -11,7 +11,7 @@ through its kernels and through the reference path (``QUANTA_KERNEL=reference``)
 uint8 QDQ model. Candidates run in interleaved rounds (one call each per round, so machine noise hits them
 alike); the table gives the median round and its ratio to float eager.
 
-    python benchmarks/bench_cnn.py [--data ../shared/data] [--latency-only] [--rounds 15]
+    python benchmarks/bench_cnn.py [--data ../shared/data] [--latency-only] [--rounds 15] [--threads N]
 """
 
 from __future__ import annotations
@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--latency-only", action="store_true", help="skip the accuracy table")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds of the latency table")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     x, y = mnist_test(args.data / "mnist_test")
     cifar = cifar10_sample(args.data / "cifar10_sample")

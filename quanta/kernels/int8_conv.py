@@ -47,6 +47,7 @@ def int8_conv_available() -> bool:
         torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.onednn, "qconv2d_pointwise")
         and hasattr(torch.ops.onednn, "qconv_prepack")
+        and hasattr(torch.ops.mkldnn, "_nbytes")
         and vnni is not None
         and bool(vnni())
     )
