@@ -19,6 +19,7 @@ from torch import nn
 from quanta import calib as calib_module
 from quanta.codec import quantize_tensor
 from quanta.errors import QuantaError, UnsupportedError
+from quanta.methods.pipeline import MethodPlan, Target
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.observers import Observer, get_observer
@@ -27,10 +28,7 @@ from quanta.recipe import Recipe, Rule, resolve_recipe
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
-__all__ = ["METHODS", "model_nbytes", "quantize"]
-
-METHODS = ("rtn",)
-"""Post-training methods available for weights (later issues add gptq, awq, adaround, ...)."""
+__all__ = ["model_nbytes", "quantize"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,9 @@ def _plan(model: nn.Module, recipe: Recipe) -> list[_Step]:
     return steps
 
 
-def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset: bool) -> None:
+def _validate(
+    model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset: bool, calib: Iterable[Any] | None
+) -> MethodPlan:
     names = [n for n, _ in model.named_modules() if n]
     if not from_preset:
         for rule in recipe.rules:
@@ -81,10 +81,6 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
                 )
     for step in steps:
         rule = step.rule
-        if rule.method not in METHODS:
-            raise UnsupportedError(
-                f"method {rule.method!r} (for {step.name}) is not available; available: {', '.join(METHODS)}."
-            )
         if rule.weight is None:
             raise UnsupportedError(
                 f"{step.name}: quantizing activations with float weights is not supported yet; give a weight scheme."
@@ -105,6 +101,8 @@ def _validate(model: nn.Module, recipe: Recipe, steps: list[_Step], from_preset:
             if not isinstance(weight, torch.Tensor):
                 raise UnsupportedError(f"{step.name} has no tensor {weight_name!r} to quantize.")
             check_finite(weight.detach(), f"the {weight_name} of {step.name}")
+    # Unknown methods, schemes a method cannot use and methods that need data without calib fail here.
+    return MethodPlan([Target(s.name, s.module, s.rule.method, s.rule.weight) for s in steps], calib)
 
 
 def _integer(scheme: QScheme) -> bool:
@@ -184,8 +182,10 @@ def quantize(
     from_preset = isinstance(recipe, str) and not recipe.endswith(".json")
     resolved = resolve_recipe(recipe)
     steps = _plan(model, resolved)
-    _validate(model, resolved, steps, from_preset)
-    observers = _calibrate(model, steps, calib)  # runs the float model; nothing is mutated yet
+    plan = _validate(model, resolved, steps, from_preset, calib)
+    calib = plan.calib  # read once into a list when methods make several passes
+    plan.before(model)  # transforms (cle) on the float model; rounding methods gather their statistics
+    observers = _calibrate(model, steps, calib)  # runs the float model; no module is swapped yet
     done: dict[int, QTensor] = {}  # tied weights (one Parameter in several modules) are quantized once
     iterator: Iterable[_Step] = steps
     if progress:
@@ -201,7 +201,10 @@ def quantize(
             qweight = done.get(id(weight))
             if qweight is None:
                 axis = step.quant_class.quant_axis(weight_name)
-                qweight = quantize_tensor(weight.detach(), step.rule.weight, axis=axis)
+                if plan.rounds_weight(step.name, step.module, weight_name, axis):
+                    qweight = plan.quantize_weight(step.name, step.module, step.rule.weight)
+                else:
+                    qweight = quantize_tensor(weight.detach(), step.rule.weight, axis=axis)
                 done[id(weight)] = qweight
             qweights[weight_name] = qweight
         packed = step.quant_class.from_float_weights(step.module, qweights)
@@ -217,6 +220,7 @@ def quantize(
             else:
                 packed.set_activation(act, dynamic=False, params=observers[step.name].format_params(act))
         model.set_submodule(step.name, packed)
+    plan.after(model)  # corrections (bc) on the quantized model
     disable_fused_fast_paths(model)
     # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]

@@ -145,9 +145,10 @@ def formats(as_json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0
 @app.command()
 def recipes(as_json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0) -> None:
     """Explain the preset grammar and list the named presets."""
-    from quanta.api import METHODS
+    from quanta.methods import available_methods
     from quanta.recipe import PRESET_GRAMMAR, SPECIAL_PRESETS, preset
 
+    methods = available_methods()
     out = _Out(as_json, quiet, seed)
     examples = {
         "w8a16": "int8 weights per channel, float activations",
@@ -160,11 +161,11 @@ def recipes(as_json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0
         rule = preset(name).rules[-1]
         act = "float" if rule.activation is None else str(rule.activation)
         rows.append({"preset": name, "weights": str(rule.weight), "activations": act, "what": what})
-    out.json({"grammar": PRESET_GRAMMAR, "methods": list(METHODS), "presets": rows})
+    out.json({"grammar": PRESET_GRAMMAR, "methods": methods, "presets": rows})
     out.print(f"Presets follow [bold]{escape(PRESET_GRAMMAR)}[/]:")
     out.print("  W weight bits: per output channel, or groups of N along the reduction dim with -gN")
     out.print("  A activation bits: 16 = weights only; otherwise static per-tensor, or per-token with -dyn")
-    out.print(f"  method: {', '.join(METHODS)} (default rtn); +kv8/+kv4: KV-cache bits for language models")
+    out.print(f"  method: {', '.join(methods)} (default rtn; join with _, e.g. cle_bc); +kv8/+kv4: KV-cache bits")
     out.print("  Every preset keeps embeddings and lm_head in float.")
     table = Table(title="examples and named presets")
     for col in ("preset", "weights", "activations", "what"):

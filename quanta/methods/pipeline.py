@@ -89,6 +89,20 @@ class MethodPlan:
             if method.collect is not None:
                 self._stats[method.name] = method.collect(model, self._names(method), steps)
 
+    def rounds_weight(self, name: str, module: nn.Module, weight_name: str, axis: int | None) -> bool:
+        """Whether the layer's rounding method quantizes this weight; else it is plain RTN.
+
+        Rounding methods work on a layer's ``weight`` in the Linear/Conv layout; other weights (an LSTM's, a
+        transposed GPT-2 Conv1D's) fall back to RTN, with a warning when a method other than RTN was asked for.
+        """
+        method = self.methods[name].rounding
+        if method.name == "rtn":
+            return False
+        if weight_name == "weight" and axis is None:
+            return True
+        warnings.warn(f"{method.name} does not handle {name}.{weight_name}; using rtn.", stacklevel=3)
+        return False
+
     def quantize_weight(self, name: str, module: nn.Module, scheme: QScheme) -> QTensor:
         """The layer's weight quantized by its rounding method."""
         method = self.methods[name].rounding
