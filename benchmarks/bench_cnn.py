@@ -9,7 +9,7 @@ The latency table times the same batches (ResNet-20: 150 images, LeNet-5: 2,000)
 through its kernels and through the reference path (``QUANTA_KERNEL=reference``), torch's FX int8 path
 (``prepare_fx``/``convert_fx``, x86 backend, BatchNorm fused) and, when onnxruntime is installed, its static
 uint8 QDQ model. Candidates run in interleaved rounds (one call each per round, so machine noise hits them
-alike); the table gives the median round and its ratio to float eager.
+alike); the table gives the median and the best round and their ratios to float eager's.
 
     python benchmarks/bench_cnn.py [--data ../shared/data] [--latency-only] [--rounds 15] [--threads N]
 """
@@ -52,8 +52,8 @@ def _latency(model: torch.nn.Module, x: torch.Tensor, rounds: int = 5) -> float:
     return statistics.median(times)
 
 
-def _interleaved(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed in rounds that call every candidate once."""
+def _interleaved(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each candidate in every round; a round calls every candidate once."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.no_grad():
         for fn in candidates.values():
@@ -63,7 +63,7 @@ def _interleaved(candidates: dict[str, Callable[[], object]], rounds: int) -> di
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def _reference_path(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -155,18 +155,22 @@ def _latency_candidates(
 
 def latency_table(cases: list[tuple[str, str, Path, torch.Tensor, torch.Tensor]], rounds: int) -> None:
     """Print float eager vs quanta w8a8 (kernels, reference path) vs torch FX int8 vs onnxruntime QDQ."""
-    print(f"Latency, {torch.get_num_threads()} threads, median of {rounds} interleaved rounds:\n")
-    print("| model | batch | path | quanta kernels | latency ms | vs float eager |")
-    print("|---|---:|---|---|---:|---:|")
+    print(f"Latency, {torch.get_num_threads()} threads, {rounds} interleaved rounds:\n")
+    print("| model | batch | path | quanta kernels | median ms | best ms | median vs float | best vs float |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
     has_ort = False
     for title, name, path, calib, x in cases:
         with tempfile.TemporaryDirectory() as tmp:
             candidates, labels = _latency_candidates(name, path, calib, x, Path(tmp))
-            medians = _interleaved(candidates, rounds)
-        has_ort = has_ort or "onnxruntime QDQ uint8" in medians
-        for label, seconds in medians.items():
-            ratio = seconds / medians["float eager"]
-            print(f"| {title} | {len(x):,} | {label} | {labels.get(label, '')} | {seconds * 1e3:.1f} | {ratio:.3f}x |")
+            times = _interleaved(candidates, rounds)
+        has_ort = has_ort or "onnxruntime QDQ uint8" in times
+        base_median, base_best = statistics.median(times["float eager"]), min(times["float eager"])
+        for label, seconds in times.items():
+            median, best = statistics.median(seconds), min(seconds)
+            print(
+                f"| {title} | {len(x):,} | {label} | {labels.get(label, '')} | {median * 1e3:.1f} | {best * 1e3:.1f} "
+                f"| {median / base_median:.3f}x | {best / base_best:.3f}x |"
+            )
     if not has_ort:
         print("(onnxruntime is not installed: no QDQ row)")
 
