@@ -46,7 +46,9 @@ _HOMOGENEOUS = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
+    nn.Flatten,  # a reshape: channel c becomes the column block c*m .. (c+1)*m - 1 of the next Linear
 )
+_CONV = (nn.Conv1d, nn.Conv2d)
 
 
 @dataclass(frozen=True)
@@ -59,20 +61,27 @@ class Equalized:
     scale: torch.Tensor
 
 
-def _can_follow(a: nn.Module, b: nn.Module) -> bool:
-    if not isinstance(b, _FIRST) or input_channels(b) != output_channels(a):
+def _can_follow(a: nn.Module, b: nn.Module, flattened: bool) -> bool:
+    """Whether output channel ``i`` of ``a`` is input channel ``i`` of ``b`` (a column block when flattened)."""
+    if not isinstance(b, _FIRST):
         return False
     # The second layer's input channel i must be one column block of its weight: no groups.
-    return not (isinstance(b, (nn.Conv1d, nn.Conv2d)) and b.groups != 1)
+    if isinstance(b, _CONV) and b.groups != 1:
+        return False
+    channels, inputs = output_channels(a), input_channels(b)
+    if isinstance(a, _CONV) and isinstance(b, nn.Linear):
+        # Conv (n, C, *spatial) -> flatten -> Linear (n, C * m): channel c feeds columns c*m .. (c+1)*m - 1.
+        return flattened and inputs % channels == 0
+    return inputs == channels
 
 
-def find_pairs(model: nn.Module, names: set[str] | None = None) -> list[tuple[str, str]]:
-    """Consecutive weight-layer pairs with only positively homogeneous modules between them (see module doc).
+def _block(first: nn.Module, second: nn.Module) -> int:
+    """Input columns of ``second`` per output channel of ``first``: the spatial size flattened between, else 1."""
+    return input_channels(second) // output_channels(first)
 
-    Args:
-        model: the model.
-        names: if given, only pairs whose two layers are both in ``names``.
-    """
+
+def _tree_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Pairs registered one after the other in the same parent, only homogeneous modules between."""
     pairs: list[tuple[str, str]] = []
     for parent_name, parent in model.named_modules():
         prefix = f"{parent_name}." if parent_name else ""
@@ -80,12 +89,100 @@ def find_pairs(model: nn.Module, names: set[str] | None = None) -> list[tuple[st
         for i, (name_a, a) in enumerate(children):
             if not isinstance(a, _FIRST):
                 continue
+            flattened = False
             for name_b, b in children[i + 1 :]:
                 if isinstance(b, _HOMOGENEOUS) and not isinstance(b, _FIRST):
+                    flattened |= isinstance(b, nn.Flatten)
                     continue
-                if _can_follow(a, b):
+                if _can_follow(a, b, flattened):
                     pairs.append((prefix + name_a, prefix + name_b))
                 break
+    return pairs
+
+
+def _call_order(model: nn.Module, args: tuple[Any, ...]) -> list[str]:
+    """Names of the leaf modules in the order one forward pass calls them (hooks, no graph tracing)."""
+    calls: list[str] = []
+    handles = [
+        m.register_forward_pre_hook(lambda _m, _a, name=name: calls.append(name))
+        for name, m in model.named_modules()
+        if not any(True for _ in m.children())
+    ]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _same_output(model: nn.Module, args: tuple[Any, ...], before: torch.Tensor, atol: float) -> bool:
+    with torch.no_grad():
+        after = model(*args)
+    return bool(torch.allclose(after, before, atol=atol * float(before.abs().max()), rtol=0))
+
+
+def _traced_pairs(
+    model: nn.Module, args: tuple[Any, ...], known: list[tuple[str, str]], atol: float
+) -> list[tuple[str, str]]:
+    """Pairs consecutive in call order across parents (e.g. ``features.conv -> flatten in forward -> fc.linear``).
+
+    A functional op between two calls (a residual add, a sigmoid) is invisible to hooks, so each candidate is
+    confirmed on the example input: rescaled by a test ``s`` the model's output must not change.
+    """
+    calls = _call_order(model, args)
+    modules = dict(model.named_modules())
+    reused = {n for n in calls if calls.count(n) > 1}  # a layer called twice cannot be rescaled for one consumer
+    firsts, seconds = {a for a, _ in known}, {b for _, b in known}
+    with torch.no_grad():
+        before = model(*args)
+    found: list[tuple[str, str]] = []
+    for i, name_a in enumerate(calls):
+        a = modules[name_a]
+        if not isinstance(a, _FIRST) or name_a in reused or name_a in firsts:
+            continue
+        flattened = isinstance(a, _CONV)  # a Linear after a conv in call order means a (functional) flatten
+        for name_b in calls[i + 1 :]:
+            b = modules[name_b]
+            if isinstance(b, _HOMOGENEOUS) and not isinstance(b, _FIRST):
+                continue
+            if name_b in reused or name_b in seconds or not _can_follow(a, b, flattened):
+                break
+            saved = {n: {k: v.clone() for k, v in modules[n].state_dict().items()} for n in (name_a, name_b)}
+            test = 2.0 ** torch.linspace(-1.0, 1.0, output_channels(a), dtype=torch.float64)  # channels x1/2 .. x2
+            _rescale(a, b, test)
+            if _same_output(model, args, before, atol):
+                found.append((name_a, name_b))
+            for name, state in saved.items():
+                modules[name].load_state_dict(state)
+            break
+    return found
+
+
+def find_pairs(
+    model: nn.Module, names: set[str] | None = None, example_inputs: Any = None, *, atol: float = 1e-4
+) -> list[tuple[str, str]]:
+    """Consecutive weight-layer pairs with only positively homogeneous modules between them (see module doc).
+
+    Args:
+        model: the model.
+        names: if given, only pairs whose two layers are both in ``names``.
+        example_inputs: optional input (tensor or tuple); with it, pairs that are consecutive in call order but
+            registered in different parents are found too, each confirmed on this input.
+        atol: tolerance of that confirmation, relative to the output's largest magnitude.
+
+    Returns:
+        ``[(first, second), ...]``: module-tree pairs first, then the confirmed call-order ones.
+
+    Example:
+        >>> find_pairs(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
+        [('0', '2')]
+    """
+    pairs = _tree_pairs(model)
+    if example_inputs is not None:
+        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        pairs += _traced_pairs(model, args, pairs, atol)
     if names is not None:
         pairs = [p for p in pairs if p[0] in names and p[1] in names]
     return pairs
@@ -97,20 +194,22 @@ def _out_ranges(layer: nn.Module) -> torch.Tensor:
     return w.detach().abs().reshape(w.shape[0], -1).amax(1)  # (out,)
 
 
-def _in_ranges(layer: nn.Module) -> torch.Tensor:
+def _in_ranges(layer: nn.Module, channels: int) -> torch.Tensor:
     w = layer.weight
     assert isinstance(w, torch.Tensor)
-    return w.detach().abs().transpose(0, 1).reshape(w.shape[1], -1).amax(1)  # (in,)
+    # (in, out, ...) -> (channels, block * out * ...): a flattened channel's block of columns is contiguous.
+    return w.detach().abs().transpose(0, 1).reshape(channels, -1).amax(1)  # (channels,)
 
 
 def _rescale(first: nn.Module, second: nn.Module, s: torch.Tensor) -> None:
     w1, w2 = first.weight, second.weight
     assert isinstance(w1, torch.Tensor) and isinstance(w2, torch.Tensor)
+    columns = s.repeat_interleave(_block(first, second))  # (in2,) = (out1 * block,)
     with torch.no_grad():
         w1.div_(s.reshape(-1, *([1] * (w1.dim() - 1))).to(w1.dtype))  # (out1, ...) rows
         if isinstance(first.bias, torch.Tensor):
             first.bias.div_(s.to(first.bias.dtype))
-        w2.mul_(s.reshape(1, -1, *([1] * (w2.dim() - 2))).to(w2.dtype))  # (out2, in2 = out1, ...) columns
+        w2.mul_(columns.reshape(1, -1, *([1] * (w2.dim() - 2))).to(w2.dtype))  # (out2, in2, ...) columns
 
 
 def equalize(
@@ -143,10 +242,10 @@ def equalize(
         >>> [(e.first, e.second) for e in equalize(m, torch.randn(3, 4))]
         [('0', '2')]
     """
-    pairs = find_pairs(model, names)
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    pairs = find_pairs(model, names, example_inputs, atol=atol)
     if not pairs:
         return []
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with torch.no_grad():
         before = model(*args) if example_inputs is not None else None
     modules = dict(model.named_modules())
@@ -157,7 +256,8 @@ def equalize(
         worst = 0.0
         for pair in pairs:
             first, second = modules[pair[0]], modules[pair[1]]
-            r1, r2 = _out_ranges(first).double(), _in_ranges(second).double()
+            r1 = _out_ranges(first).double()
+            r2 = _in_ranges(second, len(r1)).double()
             # s_i = sqrt(r1_i / r2_i); a dead channel (a range of 0) keeps s_i = 1.
             s = torch.where((r1 > 0) & (r2 > 0), torch.sqrt(r1 / r2.clamp_min(1e-300)), torch.ones_like(r1))
             _rescale(first, second, s)
@@ -165,17 +265,14 @@ def equalize(
             worst = max(worst, float((s.log().abs()).max()))
         if worst < tol:
             break
-    if before is not None:
-        with torch.no_grad():
-            after = model(*args)
-        if not torch.allclose(after, before, atol=atol * float(before.abs().max()), rtol=0):
-            for name, state in saved.items():
-                modules[name].load_state_dict(state)
-            raise QuantaError(
-                "cross-layer equalization changed the model's output: a pair found from the module tree is not "
-                "joined by a positively homogeneous function in forward (e.g. a functional sigmoid or a residual "
-                f"add). The model was restored; the pairs tried were {pairs}."
-            )
+    if before is not None and not _same_output(model, args, before, atol):
+        for name, state in saved.items():
+            modules[name].load_state_dict(state)
+        raise QuantaError(
+            "cross-layer equalization changed the model's output: a pair found from the module tree is not "
+            "joined by a positively homogeneous function in forward (e.g. a functional sigmoid or a residual "
+            f"add). The model was restored; the pairs tried were {pairs}."
+        )
     return [Equalized(a, b, totals[(a, b)].float()) for a, b in pairs]
 
 

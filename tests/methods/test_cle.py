@@ -61,6 +61,58 @@ def test_pairs_need_homogeneous_modules_between() -> None:
     assert find_pairs(model) == [("2", "5")]
 
 
+def test_a_flatten_pairs_a_conv_channel_with_its_block_of_linear_columns() -> None:
+    torch.manual_seed(0)
+    conv, fc = nn.Conv2d(2, 4, 3), nn.Linear(4 * 2 * 2, 3)  # (n, 4, 4, 4) -> pool (n, 4, 2, 2) -> (n, 16)
+    model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), fc).eval()
+    with torch.no_grad():
+        s = torch.tensor([0.1, 1.0, 10.0, 3.0])
+        conv.weight.mul_(s[:, None, None, None])
+        conv.bias.mul_(s)  # type: ignore[union-attr]
+        fc.weight.div_(s.repeat_interleave(4)[None, :])
+    x = torch.randn(32, 2, 6, 6)
+    expected = model(x)
+    assert find_pairs(model) == [("0", "4")]
+    (done,) = equalize(model, x)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    # Channel c's range in the conv equals that of fc columns 4c .. 4c+3, and s undid the imbalance.
+    r1 = conv.weight.abs().amax((1, 2, 3))
+    r2 = fc.weight.abs().reshape(3, 4, 4).amax((0, 2))
+    torch.testing.assert_close(r1, r2, rtol=1e-5, atol=0)
+    assert float(done.scale.max() / done.scale.min()) > 10
+
+
+class _TwoParents(nn.Module):
+    """A conv in one container, a Linear in another, flattened in forward (as LeNet-5's c5 -> f6)."""
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1))
+        self.head = nn.Sequential(nn.Linear(4 * 4 * 4, 5))
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.features(x)
+        if self.residual:  # an add invisible to hooks: rescaling features.2 alone would change the output
+            y = y + self.features[0](x)
+        return self.head(y.flatten(1))
+
+
+def test_call_order_pairs_across_containers_are_confirmed_on_the_example() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6)
+    plain = _TwoParents(residual=False).eval()
+    assert find_pairs(plain) == [("features.0", "features.2")]  # the module tree alone cannot see across
+    assert find_pairs(plain, example_inputs=x) == [("features.0", "features.2"), ("features.2", "head.0")]
+    expected = plain(x)
+    assert len(equalize(plain, x)) == 2
+    torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
+    # features.2 -> head.0 is joined by the add, so the test rescaling changes the output: not a pair.
+    residual = _TwoParents(residual=True).eval()
+    assert find_pairs(residual, example_inputs=x) == [("features.0", "features.2")]
+    assert find_pairs(residual, names={"features.2", "head.0"}, example_inputs=x) == []
+
+
 def test_a_functional_nonlinearity_is_detected_and_undone() -> None:
     class Hidden(nn.Module):  # sigmoid between the layers is called in forward, invisible in the module tree
         def __init__(self) -> None:
@@ -91,11 +143,37 @@ def test_cle_reduces_resnet20_error(resnet: tuple[nn.Module, list[torch.Tensor],
     assert _mse_ratio(model, calib, held) <= 0.9
 
 
+def _precision(model: nn.Module, first: str, second: str) -> float:
+    """The paper's objective for one pair: sum_i (r1_i / R1) (r2_i / R2), channel over tensor range."""
+    w1, w2 = (model.get_submodule(n).weight.detach() for n in (first, second))  # type: ignore[operator]
+    r1 = w1.abs().reshape(w1.shape[0], -1).amax(1)
+    r2 = w2.abs().transpose(0, 1).reshape(len(r1), -1).amax(1)  # a flattened channel's column block
+    return float((r1 / r1.max() * r2 / w2.abs().max()).sum())
+
+
+@needs_data
+def test_cle_pairs_lenet5_across_the_flatten_and_raises_the_papers_objective(
+    lenet: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]],
+) -> None:
+    model, calib, held = lenet
+    pairs = find_pairs(model, example_inputs=calib[0][:8])
+    # The module tree's three pairs, then c5 (n, 120, 1, 1) -> relu5 -> flatten in forward -> f6 (n, 120).
+    tree = [("convnet.c1", "convnet.c3"), ("convnet.c3", "convnet.c5"), ("fc.f6", "fc.f7")]
+    assert pairs == [*tree, ("convnet.c5", "fc.f6")]
+    equalized = copy.deepcopy(model)
+    assert [(e.first, e.second) for e in equalize(equalized, calib[0][:8])] == pairs
+    torch.testing.assert_close(equalized(held[0]), model(held[0]), rtol=1e-4, atol=1e-4)
+    for first, second in pairs:
+        assert _precision(equalized, first, second) > _precision(model, first, second)
+
+
 @needs_data
 @pytest.mark.xfail(
     strict=True,
-    reason="LeNet-5 has no BatchNorm and its channel ranges are balanced already (max/min <= 8); CLE's data-free "
-    "scales raise its per-tensor W4A8 error instead of lowering it (measured ratio ~1.15).",
+    reason="LeNet-5 has no BatchNorm and balanced channel ranges (max/min <= 8). With all four pairs (c5 -> f6 "
+    "included) CLE lowers each layer's own W4 error (0.61-0.98x) but the end-to-end ratio is ~1.06: RTN's rounding "
+    "errors happen to cancel, and +-2% random function-preserving rescalings alone give RTN 1.01-1.17x. The "
+    "activations are 0.15% of the error, so bias absorption cannot help (see docs/recipes.md).",
 )
 def test_cle_reduces_lenet5_error(lenet: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]]) -> None:
     model, calib, held = lenet
