@@ -9,7 +9,8 @@ canonical stream for ``state_dict`` and files.
 torch decodes ``(u - 8) * scale + zero`` with ``u`` the unsigned nibble; quanta's ``(q - z) * s`` with signed
 ``q = u - 8`` (or unsigned ``q = u``) is the same line with ``zero = (c - z) * s``, ``c`` = 0 for signed codes and
 8 for unsigned ones. That ``[K / g, N, 2]`` table is rebuilt per call from the stored fp16 scales and int zero
-points (a few hundred KB at most; caching it would cost 4 more bytes a group, beyond the 2% memory budget at g32).
+points: caching it would cost 4 more bytes a group, beyond the 2% memory budget, and it cannot replace the stored
+parameters (fp16 scales do not survive a cast to bf16). Measured cost: about +50% on a 4096x4096 layer at batch 1.
 """
 
 from __future__ import annotations
