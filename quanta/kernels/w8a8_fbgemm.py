@@ -64,6 +64,10 @@ def packed_nbytes(shape: torch.Size) -> int:
     return rows * cols + 4 * out_features + 8
 
 
+def _layout_nbytes(packed: Any, shape: torch.Size) -> int:
+    return packed_nbytes(shape)
+
+
 def _applies(scheme: QScheme, shape: torch.Size) -> bool:
     if scheme.format != "int8" or scheme.granularity != "channel" or scheme.mode != "sym" or len(shape) != 2:
         return False
@@ -123,7 +127,7 @@ W8A8_FBGEMM = register_kernel(
         quantizes_input=True,
         to_layout=_to_layout,
         from_layout=_from_layout,
-        layout_nbytes=lambda packed, shape: packed_nbytes(shape),
+        layout_nbytes=_layout_nbytes,
         priority=1,  # before w8a8_int_mm where both apply
     )
 )

@@ -115,6 +115,21 @@ class QuantLinear(QuantModule):
             self._choose_kernel()
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies carry the canonical codes: a kernel's layout depends on the CPU it was made on
+        # (and fbgemm's object is not a tensor); __setstate__ picks the kernel again where the copy lands.
+        state: dict[str, Any] = super().__getstate__()
+        if self._layout_of(self._kernel) is None:
+            return state
+        buffers = dict(state["_buffers"])
+        buffers[CODES] = self.canonical_codes()
+        return {**state, "_buffers": buffers, "_held": None, "_kernel": None, "kernel": REFERENCE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self._kernel is None and self._on_cpu():
+            self._choose_kernel()
+
     def extra_nbytes(self) -> int:
         """Bytes held outside tensors (an opaque packed weight), counted by :func:`quanta.model_nbytes`."""
         kernel = self._kernel

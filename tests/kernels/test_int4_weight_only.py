@@ -140,3 +140,17 @@ def test_moving_off_the_cpu_puts_the_canonical_codes_back() -> None:
     assert moved[0].kernel == "int4_weight_only"
     assert torch.equal(moved[0].qweight.codes, state["0.weight_codes"])
     assert torch.equal(moved(x), y)
+
+
+def test_pickles_carry_the_canonical_codes() -> None:
+    import io
+
+    model = nn.Sequential(_layer())
+    x = torch.randn(2, 128, dtype=torch.bfloat16)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)  # unpickling picks the kernel and converts again
+    assert loaded[0].kernel == "int4_weight_only" and torch.equal(loaded(x), model(x))
+    assert torch.equal(loaded[0].weight_codes, model[0].weight_codes)  # repacked into the same layout here
+    assert torch.equal(model[0].__getstate__()["_buffers"]["weight_codes"], model.state_dict()["0.weight_codes"])

@@ -134,3 +134,16 @@ def test_moving_off_the_cpu_puts_the_codes_back_in_their_buffer() -> None:
     moved.load_state_dict(state, assign=True)  # back on the CPU, as quanta.load fills a meta skeleton
     assert moved[0].kernel == "w8a8_fbgemm" and "weight_codes" not in dict(moved[0].named_buffers())
     assert torch.equal(moved(x), y)
+
+
+def test_pickles_carry_the_canonical_codes() -> None:
+    import io
+
+    model = _model("w8a8")
+    x = torch.randn(2, IN)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded[0].kernel == "w8a8_fbgemm" and torch.equal(loaded(x), model(x))
+    assert torch.equal(model[0].__getstate__()["_buffers"]["weight_codes"], model.state_dict()["0.weight_codes"])
