@@ -39,7 +39,8 @@ class _Step:
     quant_class: type[QuantModule]
 
 
-def _plan(model: nn.Module, recipe: Recipe) -> list[_Step]:
+def _plan(model: nn.Module, recipe: Recipe) -> tuple[list[_Step], list[str]]:
+    """The modules to swap, in order, and the ones a rule matched that have no quantized twin."""
     steps: list[_Step] = []
     unsupported: list[str] = []
     swapped: list[str] = []  # a twin replaces the whole subtree (e.g. MultiheadAttention and its out_proj)
@@ -64,7 +65,7 @@ def _plan(model: nn.Module, recipe: Recipe) -> list[_Step]:
         )
     if recipe.keep_first_last and len(steps) > 2:
         steps = steps[1:-1]
-    return steps
+    return steps, unsupported
 
 
 def _validate(
@@ -181,7 +182,7 @@ def quantize(
     """
     from_preset = isinstance(recipe, str) and not recipe.endswith(".json")
     resolved = resolve_recipe(recipe)
-    steps = _plan(model, resolved)
+    steps, unsupported = _plan(model, resolved)
     plan = _validate(model, resolved, steps, from_preset, calib)
     calib = plan.calib  # read once into a list when methods make several passes
     plan.before(model)  # transforms (cle) on the float model; rounding methods gather their statistics
@@ -224,6 +225,7 @@ def quantize(
     disable_fused_fast_paths(model)
     # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
+    model.quanta_left_in_float = unsupported  # type: ignore[assignment]  # reported in quanta.json
     return model
 
 

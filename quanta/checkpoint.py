@@ -79,6 +79,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         "format_version": CHECKPOINT_VERSION,
         "recipe": getattr(model, "quanta_recipe", None),
         "zoo": getattr(model, "quanta_zoo", None),
+        "left_in_float": list(getattr(model, "quanta_left_in_float", [])),  # matched, but no quantized twin
         "modules": modules,
         "aliases": aliases,
         "model_nbytes": model_nbytes(model),

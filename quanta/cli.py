@@ -213,6 +213,8 @@ def inspect(
             f"{entry.get('nbytes', 0):,}",
         )
     out.print(table)
+    if config.get("left_in_float"):
+        out.note(f"left in float (a rule matched, no quantized twin): {', '.join(config['left_in_float'])}")
 
 
 @app.command()

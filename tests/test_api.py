@@ -1,6 +1,8 @@
 """quanta.quantize on whole models: swaps, sizes, outputs, validation before mutation."""
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,11 +121,13 @@ def test_validation_happens_before_any_module_changes() -> None:
         assert torch.equal(v, state[k]) or (torch.isnan(v).any() and torch.equal(v.isnan(), state[k].isnan()))
 
 
-def test_unsupported_leaf_modules_are_reported() -> None:
+def test_unsupported_leaf_modules_are_reported(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Bilinear(4, 4, 4))  # (LSTM, the old example, now has a twin)
     with pytest.warns(UserWarning, match="Bilinear"):
         quanta.quantize(model, "w8a16")
     assert isinstance(model[0], QuantLinear) and isinstance(model[1], nn.Bilinear)
+    config = json.loads((quanta.save(model, tmp_path / "m") / "quanta.json").read_text())
+    assert config["left_in_float"] == ["1 (Bilinear)"]
 
 
 def test_activation_only_recipes_are_refused_and_progress_bar_runs() -> None:
