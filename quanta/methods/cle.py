@@ -13,9 +13,17 @@ of a chain belongs to two pairs, so the pairs are equalized in turn until the sc
 
 Pairs come from the module tree, as BatchNorm folding finds its pairs: a Conv/Linear registered in the same
 parent right after another one (only positively homogeneous modules between them) whose input channels equal
-the first one's output channels. Activations called functionally in ``forward`` are invisible to that search,
-so pass ``example_inputs``: the output is checked and a wrong pairing is undone with an error.
-BatchNorm must be folded first (:func:`quanta.methods.fold_batchnorm`): it is affine, not homogeneous.
+the first one's output channels. A flatten between a conv (C channels) and a Linear (C * m inputs) is a
+reshape: channel ``c`` feeds the column block ``c*m .. (c+1)*m - 1``, and that block is ``W2``'s input channel.
+With ``example_inputs``, pairs registered in different parents (LeNet-5's ``convnet.c5 -> fc.f6``, flattened
+in ``forward``) are found from the order forward hooks see the layers called, each confirmed by rescaling it
+on the example (a residual add or a sigmoid between changes the output). Activations called functionally in
+``forward`` are invisible to the module-tree search, so the output is also checked after equalizing and a wrong
+pairing is undone with an error. BatchNorm must be folded first (:func:`quanta.methods.fold_batchnorm`): it is
+affine, not homogeneous.
+
+High-bias absorption (the paper's section 4.1.2) is not implemented: it only narrows activation ranges, and on
+the models measured here (docs/recipes.md) activation quantization is a negligible part of the W4A8 error.
 """
 
 from __future__ import annotations
