@@ -48,6 +48,7 @@ def int8_conv_available() -> bool:
         and hasattr(torch.ops.onednn, "qconv2d_pointwise")
         and hasattr(torch.ops.onednn, "qconv_prepack")
         and hasattr(torch.ops.mkldnn, "_nbytes")
+        and hasattr(torch, "quantize_per_tensor")  # deprecated in torch 2.13: the kernel goes when it does
         and vnni is not None
         and bool(vnni())
     )
