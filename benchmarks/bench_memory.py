@@ -63,14 +63,16 @@ def _theory(float_model: nn.Module, quantized: nn.Module) -> float:
     float_params = dict(float_model.named_parameters(remove_duplicate=True))
     total = sum(p.numel() * p.element_size() for p in float_params.values())
     total += sum(b.numel() * b.element_size() for b in float_model.buffers())
+    # Tied weights are one Parameter in the float model: count each float parameter's quantized form once.
     seen: set[int] = set()
     for name, module in quantized.named_modules():
         if not isinstance(module, QuantModule):
             continue
         for weight_name, qt in module.qweights.items():
-            if id(qt.codes) in seen:
+            float_weight = type(module).float_weight(float_model.get_submodule(name), weight_name)
+            if id(float_weight) in seen:
                 continue
-            seen.add(id(qt.codes))
+            seen.add(id(float_weight))
             dotted = f"{name}.{weight_name}" if name else weight_name
             if dotted in float_params:  # a tied duplicate is absent from named_parameters: counted once
                 total -= float_params[dotted].numel() * float_params[dotted].element_size()

@@ -80,14 +80,18 @@ class MethodPlan:
 
     def before(self, model: nn.Module) -> None:
         """Run the transforms, then gather the rounding methods' statistics (float model, nothing replaced yet)."""
+        transforms = self._distinct("transform")
+        collectors = [m for m in self._distinct("rounding") if m.collect is not None]
+        if not transforms and not collectors:
+            return  # plain RTN: the calibration data (maybe a one-shot generator) is left for the observers
         steps = self._steps()
         example = steps[0] if steps else None
-        for method in self._distinct("transform"):
+        for method in transforms:
             assert method.transform is not None
             method.transform(model, set(self._names(method)), example)
-        for method in self._distinct("rounding"):
-            if method.collect is not None:
-                self._stats[method.name] = method.collect(model, self._names(method), steps)
+        for method in collectors:
+            assert method.collect is not None
+            self._stats[method.name] = method.collect(model, self._names(method), steps)
 
     def rounds_weight(self, name: str, module: nn.Module, weight_name: str, axis: int | None) -> bool:
         """Whether the layer's rounding method quantizes this weight; else it is plain RTN.
@@ -114,8 +118,9 @@ class MethodPlan:
 
     def after(self, model: nn.Module) -> None:
         """Run the corrections on the quantized model (the targets' float modules are the references)."""
-        steps = self._steps()
-        for method in self._distinct("correction"):
+        corrections = self._distinct("correction")
+        steps = self._steps() if corrections else []
+        for method in corrections:
             assert method.correct is not None
             names = set(self._names(method))
             method.correct(model, {t.name: t.module for t in self.targets if t.name in names}, steps)
