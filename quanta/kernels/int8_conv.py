@@ -70,7 +70,8 @@ def _prepack(codes: torch.Tensor, grouped: torch.Size) -> torch.Tensor:
 class PackedConvWeight:
     """oneDNN's packed weight, held by a conv module instead of its codes (the only copy).
 
-    Deep copies and pickles go through the canonical codes and pack again (mkldnn tensors have no storage to copy).
+    Conv modules pickle and deep-copy their canonical codes instead; pickling this object alone goes through the
+    codes too and packs again (mkldnn tensors have no storage to copy).
     """
 
     def __init__(self, packed: torch.Tensor, grouped: torch.Size) -> None:

@@ -117,6 +117,20 @@ class _QuantConv(QuantModule):
         super()._apply(fn, recurse)
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies carry the canonical codes: oneDNN's layout depends on the CPU it was made on
+        # (and is no tensor with storage); __setstate__ picks the kernel again where the copy lands.
+        state: dict[str, Any] = super().__getstate__()
+        if self._held is None:
+            return state
+        buffers = {**state["_buffers"], CODES: self.canonical_codes()}
+        return {**state, "_buffers": buffers, "_held": None, "_kernel": None, "kernel": REFERENCE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self._kernel is None and self.weight_codes.device.type == "cpu":
+            self._choose_kernel()
+
     def set_activation(self, *args: Any, **kwargs: Any) -> None:
         super().set_activation(*args, **kwargs)
         self._choose_kernel()  # the input settings decide whether an integer kernel can serve this module

@@ -253,3 +253,8 @@ def test_quantized_model_pickles_with_its_kernel(tmp_path: Path) -> None:
     torch.save(model, tmp_path / "m.pt")
     again = torch.load(tmp_path / "m.pt", weights_only=False)
     assert again[0].kernel == "int8_conv" and torch.equal(again(x), model(x))
+    held = quanta.quantize(_two_convs(), "w8a8", calib=[torch.randn(2, 3, 12, 12)])
+    torch.save(held, tmp_path / "h.pt")
+    again = torch.load(tmp_path / "h.pt", weights_only=False)
+    assert isinstance(again[2].kernel_weight, PackedConvWeight)  # the kernel was chosen again on load
+    assert torch.equal(again.state_dict()["2.weight_codes"], held.state_dict()["2.weight_codes"])
