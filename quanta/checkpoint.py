@@ -80,6 +80,9 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         "recipe": getattr(model, "quanta_recipe", None),
         "zoo": getattr(model, "quanta_zoo", None),
         "left_in_float": list(getattr(model, "quanta_left_in_float", [])),  # matched, but no quantized twin
+        # Methods that change the structure (BatchNorm folding, CLE) leave Identity modules behind: recorded so that
+        # load can apply the same change to a float skeleton.
+        "identity": [name for name, m in model.named_modules() if name and isinstance(m, nn.Identity)],
         "modules": modules,
         "aliases": aliases,
         "model_nbytes": model_nbytes(model),
@@ -160,6 +163,7 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             packed.set_activation(QScheme.parse(entry["activation"]), bool(entry.get("dynamic", False)))
         model.set_submodule(name, packed)
     state = {k: v for k, v in tensors.items() if k not in meta_keys}
+    _apply_structure(model, config, state, path)
     try:
         # assign=True: a skeleton built on the meta device takes the loaded tensors as they are (no float copy).
         model.load_state_dict(state, strict=True, assign=True)
@@ -173,6 +177,31 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     if config.get("zoo"):
         model.quanta_zoo = config["zoo"]
     return model
+
+
+def _apply_structure(model: nn.Module, config: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> None:
+    """Make a float skeleton look like the saved model where methods changed its structure.
+
+    Folded BatchNorms (and other modules the saved model had replaced) become ``nn.Identity``; a layer that bias
+    correction gave a bias it did not have gets a bias parameter, filled by ``load_state_dict``.
+    """
+    for name in config.get("identity", []):
+        try:
+            current = model.get_submodule(name)
+        except AttributeError as exc:
+            raise QuantaError(f"{path} has module {name!r} (Identity) that the skeleton lacks: {exc}") from exc
+        if not isinstance(current, nn.Identity):
+            model.set_submodule(name, nn.Identity())
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        if leaf != "bias":
+            continue
+        try:
+            module = model.get_submodule(owner)
+        except AttributeError:
+            continue  # load_state_dict names the unexpected key
+        if getattr(module, "bias", False) is None:
+            module.bias = nn.Parameter(torch.empty_like(value, device="meta"), requires_grad=False)
 
 
 def _skeleton_from_config(path: Path, config: dict[str, Any]) -> nn.Module:

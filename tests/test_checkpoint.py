@@ -106,3 +106,32 @@ def test_a_skeleton_with_parts_the_file_lacks_is_refused(tmp_path: Path) -> None
         bigger = nn.Sequential(*_net(), nn.Linear(10, 3))
     with pytest.raises(CorruptDataError, match="does not fit"):
         quanta.load(path, bigger)
+
+
+def test_models_changed_by_methods_reload_into_the_original_architecture(tmp_path: Path) -> None:
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * 6 * 6, 4),
+        ).eval()
+
+    model = net()
+    with torch.no_grad():  # running statistics that are not the identity, so folding really changes the conv
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    state = model.state_dict()
+    calib = [torch.randn(4, 3, 6, 6) for _ in range(2)]
+    quanta.quantize(model, "w4a8-cle_bc", calib=calib)  # folds the BatchNorm, rescales, adds conv biases
+    assert isinstance(model[1], nn.Identity) and model[3].bias is not None
+    path = quanta.save(model, tmp_path / "cle")
+    skeleton = net()
+    skeleton.load_state_dict(state)
+    loaded = quanta.load(path, skeleton)
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(loaded(x), model(x))
