@@ -152,7 +152,7 @@ def recipes(as_json: JsonOpt = False, quiet: QuietOpt = False, seed: SeedOpt = 0
     out = _Out(as_json, quiet, seed)
     examples = {
         "w8a16": "int8 weights per channel, float activations",
-        "w4a16-g128": "int4 weights in groups of 128, fp16 scales and int zero points",
+        "w4a16-g128": "int4 weights in groups of 128, bf16 scales and int zero points",
         "w8a8": "int8 weights per channel, static per-tensor int8 activations (needs calibration data)",
         "w8a8-dyn": "int8 weights per channel, int8 activations per token computed at run time",
     }

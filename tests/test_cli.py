@@ -71,11 +71,11 @@ def test_error_messages_keep_square_brackets() -> None:
 def test_recipes_explains_the_grammar() -> None:
     result = runner.invoke(app, ["recipes"])
     assert result.exit_code == 0
-    for text in ("w{W}a{A}", "w4a16-g128", "int4:g128:asym:sf16", "nf4-g64", "ternary", "bnn"):
+    for text in ("w{W}a{A}", "w4a16-g128", "int4:g128:asym:sbf16", "nf4-g64", "ternary", "bnn"):
         assert text in result.output
     data = json.loads(runner.invoke(app, ["recipes", "--json"]).stdout)
     by_name = {p["preset"]: p for p in data["presets"]}
-    assert by_name["w4a16-g128"]["weights"] == "int4:g128:asym:sf16" and "rtn" in data["methods"]
+    assert by_name["w4a16-g128"]["weights"] == "int4:g128:asym:sbf16" and "rtn" in data["methods"]
 
 
 def test_inspect_a_saved_model(tmp_path: Path) -> None:

@@ -12,7 +12,10 @@ from quanta.scheme import QScheme
         ("w8a16", "int8:ch", None, False, "rtn"),
         ("w8a8", "int8:ch", "int8:tensor:asym", False, "rtn"),
         ("w8a8-dyn", "int8:ch", "int8", True, "rtn"),
-        ("w4a16-g128", "int4:g128:asym:sf16", None, False, "rtn"),
+        ("w4a16-g128", "int4:g128:asym:sbf16", None, False, "rtn"),  # groups >= 128: bf16 scales (int4 kernel)
+        ("w4a16-g256", "int4:g256:asym:sbf16", None, False, "rtn"),
+        ("w8a16-g128", "int8:g128:asym:sbf16", None, False, "rtn"),
+        ("w4a16-g64", "int4:g64:asym:sf16", None, False, "rtn"),  # smaller groups keep fp16's finer scales
         ("w4a16-g32-adaround", "int4:g32:asym:sf16", None, False, "adaround"),
         ("w3a16-g16", "int3:g16:asym:sf16", None, False, "rtn"),
         ("w2a16-g16", "int2:g16:asym:sf16", None, False, "rtn"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,17 @@ import torch
 
 from quanta.scheme import QScheme
 
-__all__ = ["REFERENCE", "Kernel", "Relayout", "any_activation", "forced_reference", "kernel_for", "register_kernel"]
+__all__ = [
+    "REFERENCE",
+    "Kernel",
+    "ParamsRelayout",
+    "ParamsRestore",
+    "Relayout",
+    "any_activation",
+    "forced_reference",
+    "kernel_for",
+    "register_kernel",
+]
 
 REFERENCE = "reference"
 
@@ -25,6 +35,10 @@ def any_activation(act: QScheme | None, dynamic: bool) -> bool:
 # (canonical codes, weight shape (N, K), weight scheme) -> the kernel's own copy of the codes (a tensor of the same
 # bytes, or an opaque packed object), and back to the canonical codes.
 Relayout = Callable[[Any, torch.Size, QScheme], Any]
+# (the weight's stored parameters by name, weight shape, weight scheme) -> the kernel's own tensors that hold them
+# instead, by name, or None to keep the canonical parameters (this scheme or these values do not qualify).
+ParamsRelayout = Callable[[Mapping[str, torch.Tensor], torch.Size, QScheme], dict[str, torch.Tensor] | None]
+ParamsRestore = Callable[[Mapping[str, torch.Tensor], torch.Size, QScheme], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,10 @@ class Kernel:
             that ``state_dict`` and files keep the canonical codes. ``to_layout`` returns a uint8 tensor of the
             canonical stream's shape (kept as the ``weight_codes`` buffer) or an opaque object (kept instead of
             the buffer; then ``layout_nbytes`` must say how many bytes it holds, for ``model_nbytes``).
+        params_to_layout / params_from_layout: the same for the weight's stored parameters (scale, zero point):
+            ``params_to_layout`` returns tensors that replace them (registered as non-persistent ``weight_<name>``
+            buffers, counted by ``model_nbytes``) or ``None`` to keep them; ``params_from_layout`` must give the
+            canonical parameters back bit for bit, so that ``state_dict``, ``qweight`` and files are unchanged.
         priority: among kernels that accept a module, higher priority wins (then registration order).
     """
 
@@ -62,6 +80,8 @@ class Kernel:
     to_layout: Relayout | None = None
     from_layout: Relayout | None = None
     layout_nbytes: Callable[[Any, torch.Size], int] | None = None
+    params_to_layout: ParamsRelayout | None = None
+    params_from_layout: ParamsRestore | None = None
     priority: int = 0
 
 
