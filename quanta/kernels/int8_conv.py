@@ -1,17 +1,22 @@
-"""int8 x int8 convolutions through oneDNN's quantized conv (CPU with VNNI), fp32 out: the W8A8 conv kernel.
+"""int8 x int8 convolutions through oneDNN's quantized conv (CPU with VNNI): the W8A8 conv kernel.
 
 Applies to symmetric per-output-channel int8 weights (``int8:ch``, the ``w8a8`` preset's) when the module's
-input is quantized statically per tensor to full-range 8-bit integers. One call, for a raw fp32 input ``x``:
+input is quantized statically per tensor to full-range 8-bit integers. One call, for a raw fp32 or bf16 input
+``x`` (the output has the input's dtype):
 
 1. quantize ``x`` with the calibrated ``act_scale`` / ``act_zero`` to ``quint8`` (torch's ``quantize_per_tensor``:
    the same rounding as quanta's reference fake-quantization, so the codes are equal); signed int8 codes ``q``
-   become unsigned ``q + 128`` with the zero point moved by 128, the same grid;
+   become unsigned ``q + 128`` with the zero point moved by 128, the same grid. A bf16 input is widened to fp32
+   first (exactly: the reference path quantizes ``x.float()`` too, so the codes are the same);
 2. run ``onednn::qconv2d_pointwise`` on those bytes with the packed weight, the weight scales and the bias,
-   accumulating in int32 and writing ``y = s_x * s_w[o] * acc + b`` straight to fp32 (no output scale to
-   calibrate, no second rounding), channels-last like the input.
+   accumulating in int32 and writing ``y = s_x * s_w[o] * acc + b`` straight to fp32, or rounded once to bf16
+   for a bf16 input (no output scale to calibrate, no second rounding), channels-last like the input.
 
-So the output equals the reference path (fake-quantized input, dequantized weight, float conv) up to the float
-rounding of the reference's own sums. Conv1d runs as a conv2d of height 1. Without VNNI, oneDNN's int8 path
+So an fp32 output equals the reference path (fake-quantized input, dequantized weight, float conv) up to the
+float rounding of the reference's own sums, and a bf16 output is that result rounded once to bf16 (the bf16
+reference path rounds the input values, the weight and the output to bf16, so it is the less exact of the two).
+bf16 halves the bytes of every float op a model runs between its convolutions (ReLU, residual adds), which are
+memory-bound at CNN batch sizes. Conv1d runs as a conv2d of height 1. Without VNNI, oneDNN's int8 path
 multiplies in saturating int16 pairs, so the kernel applies only on CPUs that have it.
 
 The weight: oneDNN reorders it into its own blocked layout (``qconv_prepack``, 50-1000 us, as long as a
@@ -137,7 +142,7 @@ def _activation(act: QScheme | None, dynamic: bool) -> bool:
     )
 
 
-def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d, raw fp32 input
+def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d, raw fp32 or bf16 input
     one_d = x.dim() == 3
     stride, padding, dilation = list(module.stride), list(module.kernel_padding), list(module.dilation)
     if one_d:  # (n, c, l) -> (n, c, 1, l), as the weight was packed
@@ -150,14 +155,16 @@ def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / Quant
     x_zero = int(module.act_zero) + (128 if module.act_scheme.fmt.signed_codes else 0)  # signed codes -> uint8
     with warnings.catch_warnings():  # torch 2.13 flags quint8 tensors as deprecated; this one lives for one call
         warnings.simplefilter("ignore", UserWarning)
-        qx = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), x_scale, x_zero, torch.quint8)
+        # One pass to fp32 channels-last (none for an fp32 channels-last input); bf16 -> fp32 is exact.
+        xf = x.to(dtype=torch.float32, memory_format=torch.channels_last)
+        qx = torch.quantize_per_tensor(xf, x_scale, x_zero, torch.quint8)
     # The uint8 bytes of the quint8 tensor, zero-copy (the op takes plain uint8 with the qparams as arguments).
     x_u8 = torch.empty(0, dtype=torch.uint8).set_(qx.untyped_storage(), qx.storage_offset(), qx.shape, qx.stride())
     bias = None if module.bias is None else module.bias.float()
     w_zero = torch.zeros(w_scale.numel(), dtype=torch.int64)
     y = torch.ops.onednn.qconv2d_pointwise(
         x_u8, x_scale, x_zero, packed, w_scale, w_zero, bias, stride, padding, dilation, module.groups,
-        1.0, 0, torch.float32, "none", [], "",
+        1.0, 0, x.dtype, "none", [], "",
     )  # fmt: skip
     return y.squeeze(2) if one_d else y
 
@@ -167,7 +174,7 @@ def _kernel(op: str, applies: Any) -> Kernel:
         "int8_conv",
         op,
         applies,
-        (torch.float32,),
+        (torch.float32, torch.bfloat16),
         _run,
         activation=_activation,
         quantizes_input=True,

@@ -1,5 +1,5 @@
 """The int8 conv kernel against the reference path (fake-quantized input, dequantized weight, float conv) and
-against the same convolution computed exactly in float64."""
+against the same convolution computed exactly in float64, with fp32 and bf16 inputs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from quanta.scheme import QScheme
 
 needs_kernel = pytest.mark.skipif(not int8_conv_available(), reason="no oneDNN int8 conv with VNNI on this CPU")
 EPS = torch.finfo(torch.float32).eps
+U = 2.0**-8  # bf16's unit roundoff: rounding to nearest moves a value by at most U times its magnitude
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 # (in, out, kernel, stride, padding, dilation, groups, bias)
@@ -100,6 +101,54 @@ def test_conv1d_kernel_matches_reference(case: tuple[Any, ...], monkeypatch: pyt
     _check(conv, 4, monkeypatch)
 
 
+def _check_bf16(conv: nn.Module, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 in, bf16 out: the kernel's fp32 result rounded once to bf16, so it is pinned between the bf16
+    roundings of the exact result minus and plus the fp32 kernel's own error bound."""
+    x_calib, x = _inputs(conv, seed)
+    q: Any = _quantized(conv, x_calib).to(torch.bfloat16)  # the cast keeps codes, scales and activation params
+    assert q.kernel == "int8_conv" and q.act_scale.dtype == torch.float32
+    xb = x.bfloat16()
+    with torch.no_grad():
+        fast = q(xb)
+        monkeypatch.setenv("QUANTA_KERNEL", "reference")
+        reference = q(xb)
+        monkeypatch.delenv("QUANTA_KERNEL")
+    assert fast.dtype == reference.dtype == torch.bfloat16 and fast.shape == reference.shape
+    # The reference quantizes xb.float() (exact), so the codes are those of the fp32 input xb.float().
+    exact, magnitude = _exact(q, xb.float())
+    err = 8 * EPS * magnitude  # the fp32 kernel's bound (see _check); rounding to bf16 is monotonic
+    lo, hi = (exact - err).float().bfloat16(), (exact + err).float().bfloat16()
+    assert ((lo <= fast) & (fast <= hi)).all()
+    # The bf16 reference rounds the input values and the weight to bf16 (2U) and sums K products in fp32.
+    k = q.weight_shape[1:].numel()
+    bound = 2 * U * exact.abs() + (3 * U + (k + 10) * EPS) * magnitude
+    assert ((fast.double() - reference.double()).abs() <= bound).all()
+    # A kernel off by one input code everywhere (a zero point off by one) would leave the pinned interval.
+    shifted = torch.full_like(x, float(q.act_scale), dtype=torch.float64)
+    fn = F.conv2d if x.dim() == 4 else F.conv1d
+    w = q.dequantized_weight(torch.float64)
+    wrong = (exact + fn(shifted, w, None, q.stride, q.padding, q.dilation, q.groups)).float().bfloat16()
+    assert not ((lo <= wrong) & (wrong <= hi)).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=str)
+def test_conv2d_kernel_bf16_matches_exact_rounded(case: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    cin, cout, k, stride, padding, dilation, groups, bias = case
+    torch.manual_seed(1)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    _check_bf16(conv, 12, monkeypatch)
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", CONV1D_CASES, ids=str)
+def test_conv1d_kernel_bf16_matches_exact_rounded(case: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    cin, cout, k, stride, padding, dilation, groups, bias = case
+    torch.manual_seed(3)
+    conv = nn.Conv1d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    _check_bf16(conv, 14, monkeypatch)
+
+
 @needs_kernel
 @pytest.mark.parametrize("act", ["uint8:tensor:asym", "int8:tensor"])
 def test_other_8bit_input_grids(act: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +182,7 @@ def test_cpus_without_vnni_take_the_reference_path(monkeypatch: pytest.MonkeyPat
 @needs_kernel
 def test_other_inputs_take_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
     x_calib, x = _inputs(nn.Conv2d(4, 8, 3), 7)
-    q = _quantized(nn.Conv2d(4, 8, 3), x_calib)
+    q: Any = _quantized(nn.Conv2d(4, 8, 3), x_calib)
     monkeypatch.setenv("QUANTA_KERNEL", "reference")
     reference = q(x)
     monkeypatch.delenv("QUANTA_KERNEL")
@@ -143,8 +192,11 @@ def test_other_inputs_take_the_reference_path(monkeypatch: pytest.MonkeyPatch) -
     assert torch.equal(y, reference)
     y.sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
-    # bf16 inputs are not what the kernel takes: the reference path, in bf16.
-    assert q(x.bfloat16()).dtype == torch.bfloat16
+    # fp16 inputs are not what the kernel takes: the reference path, in fp16 (bf16 ones take the kernel).
+    half = x.half()
+    with torch.no_grad():
+        expected = F.conv2d(q.quantize_input(half), q.dequantized_weight(torch.float16), q.bias.half())
+        assert torch.equal(q(half), expected)
 
 
 @needs_kernel
@@ -243,6 +295,33 @@ def test_resnet20_w8a8_kernel_accuracy_equals_reference(monkeypatch: pytest.Monk
     fast = accuracy(model, test)
     monkeypatch.setenv("QUANTA_KERNEL", "reference")
     reference = accuracy(model, test)
+    assert abs(fast - reference) * len(data["y_test"]) <= 1.0 + 1e-9
+
+
+@needs_kernel
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (shared real data) is not present")
+def test_resnet20_w8a8_bf16_accuracy_within_one_image_of_fp32_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quanta.eval import accuracy
+    from quanta.methods import fold_batchnorm
+    from quanta.nn.conv import QuantConv2d
+    from quanta.zoo import cifar10_sample, load_pretrained
+
+    data = cifar10_sample(DATA / "cifar10_sample")
+    model = load_pretrained("resnet20", DATA / "resnet_cifar10" / "resnet20-12fca82f.th").eval()
+    fold_batchnorm(model, data["x_train"][:8])
+    quanta.quantize(model, "w8a8", calib=[data["x_train"][::4]])
+    test = (data["x_test"], data["y_test"])
+    monkeypatch.setenv("QUANTA_KERNEL", "reference")
+    reference = accuracy(model, test)  # fp32, reference path
+    monkeypatch.delenv("QUANTA_KERNEL")
+    model.to(torch.bfloat16)
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert len(convs) == 19 and all(m.kernel == "int8_conv" for m in convs)
+    outputs: list[torch.dtype] = []
+    for m in convs:
+        m.register_forward_hook(lambda _m, _a, y: outputs.append(y.dtype))
+    fast = accuracy(model, (data["x_test"].bfloat16(), data["y_test"]))
+    assert outputs and set(outputs) == {torch.bfloat16}  # every conv ran in bf16 (the kernel: bf16 out)
     assert abs(fast - reference) * len(data["y_test"]) <= 1.0 + 1e-9
 
 
