@@ -5,11 +5,14 @@ sample: calibrate on the 400 train images, evaluate on the 150 test images. Late
 forward pass of the whole evaluation batch, median of 5 rounds, fp32 inputs (modules with a kernel for their
 scheme, e.g. w8a8 convolutions, take it; the rest the reference path): read speed from the latency table.
 
-The latency table times the same batches (ResNet-20: 150 images, LeNet-5: 2,000) for float eager, quanta w8a8
-through its kernels and through the reference path (``QUANTA_KERNEL=reference``), torch's FX int8 path
+The latency table times the same batches (ResNet-20: 150 images, LeNet-5: 2,000) for float eager (fp32, and bf16
+for fairness), quanta w8a8 through its kernels and through the reference path (``QUANTA_KERNEL=reference``),
+quanta w8a8 with bf16 activations (``model.to(torch.bfloat16)`` and a bf16 batch: the int8 conv kernel takes
+bf16 in and writes bf16 out, so the float ops between convolutions move half the bytes), torch's FX int8 path
 (``prepare_fx``/``convert_fx``, x86 backend, BatchNorm fused) and, when onnxruntime is installed, its static
 uint8 QDQ model. Candidates run in interleaved rounds (one call each per round, so machine noise hits them
-alike); the table gives the median and the best round and their ratios to float eager's.
+alike); the table gives the median and the best round and their ratios to fp32 float eager's. The accuracy
+table adds w8a8 with bf16 activations (same model and calibration as w8a8, cast to bf16 after quantizing).
 
     python benchmarks/bench_cnn.py [--data ../shared/data] [--latency-only] [--rounds 15] [--threads N]
 """
@@ -134,9 +137,14 @@ def _latency_candidates(
     w8a8 = quanta.quantize(folded, "w8a8", calib=calib.split(500))
     unfolded = quanta.quantize(load_pretrained(name, path).eval(), "w8a8", calib=calib.split(500))
     fx = _torch_fx_int8(float_model, calib)
+    bf16_model = copy.deepcopy(float_model).to(torch.bfloat16)
+    w8a8_bf16 = copy.deepcopy(w8a8).to(torch.bfloat16)  # codes, scales and activation params keep their dtypes
+    x_bf16 = x.bfloat16()
     candidates: dict[str, Callable[[], object]] = {
         "float eager": functools.partial(float_model, x),
+        "float eager, bf16": functools.partial(bf16_model, x_bf16),
         "quanta w8a8 (BN folded)": functools.partial(w8a8, x),
+        "quanta w8a8 (BN folded), bf16 activations": functools.partial(w8a8_bf16, x_bf16),
         "quanta w8a8 (BN folded), reference path": _reference_path(w8a8, x),
         "quanta w8a8 (BN unfolded)": functools.partial(unfolded, x),
         "torch FX int8 (x86)": functools.partial(fx, x),
@@ -145,8 +153,10 @@ def _latency_candidates(
     if ort_run is not None:
         candidates["onnxruntime QDQ uint8"] = functools.partial(ort_run, x)
     kernels = ", ".join(sorted({str(getattr(m, "kernel", "")) for m in w8a8.modules()} - {""}))
+    kernels_bf16 = ", ".join(sorted({str(getattr(m, "kernel", "")) for m in w8a8_bf16.modules()} - {""}))
     labels = {
         "quanta w8a8 (BN folded)": kernels,
+        "quanta w8a8 (BN folded), bf16 activations": kernels_bf16,
         "quanta w8a8 (BN unfolded)": kernels,
         "quanta w8a8 (BN folded), reference path": "reference",
     }
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     latency_table([(title, name, path, calib, test[0]) for title, name, path, calib, test in cases], args.rounds)
     if args.latency_only:
-        print("\nCommand: python benchmarks/bench_cnn.py --latency-only")
+        print(f"\nCommand: python benchmarks/bench_cnn.py --latency-only --rounds {args.rounds}")
         return
     print("\n| model | recipe | accuracy | vs float | bytes | x smaller | latency ms | vs float |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -214,6 +224,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {title} | {preset} | {acc:.2%} | {100 * (acc - base_acc):+.2f} pt | {nbytes:,} | "
                 f"{base_bytes / nbytes:.1f}x | {ms * 1e3:.1f} | {base_ms / ms:.2f}x |"
             )
+            if preset == "w8a8":  # the same model with bf16 activations (the conv kernel: bf16 in, bf16 out)
+                q.to(torch.bfloat16)
+                test_bf16 = (test[0].bfloat16(), test[1])
+                acc, ms = accuracy(q, test_bf16), _latency(q, test_bf16[0])
+                print(
+                    f"| {title} | w8a8, bf16 activations | {acc:.2%} | {100 * (acc - base_acc):+.2f} pt | "
+                    f"{quanta.model_nbytes(q):,} | {base_bytes / quanta.model_nbytes(q):.1f}x | {ms * 1e3:.1f} | "
+                    f"{base_ms / ms:.2f}x |"
+                )
     print("\nCommand: python benchmarks/bench_cnn.py")
 
 
