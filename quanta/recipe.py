@@ -160,10 +160,10 @@ def _weights(bits: int, group: int | None) -> QScheme:
 
     Groups of 128 or more store **bf16** scales, smaller groups fp16: with bf16 scales the int4 kernel holds torch's
     bf16 scale-and-zero table as the only copy of the parameters (fp16 scales do not survive a cast to bf16, so it
-    would rebuild the table on every call, about a third of a batch-1 matmul). bf16 rounds a scale by up to 2**-9
-    of itself (fp16: 2**-12), far below 4-bit quantization noise (a step of 1/15 of the group's range); with small
-    groups the table's 4 bytes a group would cost more than the 2% memory budget anyway, so they keep fp16's
-    finer scales.
+    would rebuild the table on every call, about a third of a batch-1 matmul). The codes are computed with the
+    stored scale, rounded up, so every weight stays within half a step; bf16 (8 significant bits) only widens the
+    step, by at most 2**-7 (0.8%; fp16: 2**-10), a negligible rise in quantization noise. Smaller groups keep fp16's
+    finer scales: there the table's 4 bytes a group would break the 2% memory budget anyway.
     """
     if group is not None:
         return QScheme(f"int{bits}", "group", group, mode="asym", scale_dtype="bf16" if group >= 128 else "fp16")

@@ -93,7 +93,7 @@ def _table(scale: torch.Tensor, zero: torch.Tensor | None, scheme: QScheme, dtyp
 def scales_and_zeros(module: Any, dtype: torch.dtype) -> torch.Tensor:
     """torch's ``[K / g, N, 2]`` table of ``(scale, zero)`` for the module's weight, in ``dtype``: the table the
     module holds when it holds one (bf16), else built from its stored scale and zero point."""
-    held = module._buffers.get(f"weight_{TABLE}")
+    held = getattr(module, f"weight_{TABLE}", None)
     if held is not None and held.dtype == dtype:
         return held
     params = module.canonical_params()
@@ -106,12 +106,13 @@ def _params_from_layout(
     """The canonical scale (and zero point) from the held bf16 table, exactly.
 
     The scale column is the bf16 scale itself. The zero column holds ``t = bf16(d * s)`` with the integer
-    ``d = c - z``, ``|d| <= 15`` for any 4-bit zero point (``<= 8`` in range). ``d * s`` is exact in fp32 and, when it
-    is a normal number, the cast rounds it by a relative ``|e| <= 2**-9``; the fp32 division adds ``|e'| <= 2**-24``:
-    ``t / s = d (1 + e)(1 + e')``, so ``|t / s - d| <= 15 * (2**-9 + 2**-23) < 0.03 < 1/2`` and rounding gives ``d``
-    exactly (``d = 0`` gives ``t = 0``). This holds for every normal, finite scale with ``15 * |s|`` finite (bf16
-    shares fp32's exponent range, so ``|d * s| >= |s|`` is normal too); :func:`_params_to_layout` checks the round
-    trip on the actual values and keeps the canonical buffers otherwise (zero, subnormal or huge scales).
+    ``d = c - z``, ``|d| <= 15`` for any 4-bit zero point (``<= 8`` in range). ``d * s`` is exact in fp32 and, when
+    it is a normal number, the cast to bf16 (8 significant bits) rounds it by a relative ``|e| <= 2**-8``; the fp32
+    division adds ``|e'| <= 2**-24``: ``t / s = d (1 + e)(1 + e')``, so ``|t / s - d| <= 15 * (2**-8 + 2**-23)``,
+    under 0.06, and rounding gives ``d`` exactly (``d = 0`` gives ``t = 0``). This holds for every normal, finite
+    scale with ``15 * |s|`` finite (bf16 shares fp32's exponent range, so ``|d * s| >= |s|`` is normal too);
+    :func:`_params_to_layout` checks the round trip on the actual values and keeps the canonical buffers otherwise
+    (zero, subnormal or huge scales).
     """
     table = held[TABLE]  # (K / g, N, 2) bf16
     scale = table[..., 0].t().contiguous()  # (N, K / g)
