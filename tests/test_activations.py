@@ -90,3 +90,20 @@ def test_kl_observer_is_selectable_and_saved(tmp_path: Path) -> None:
     assert str(loaded[0].act_scheme) == "uint8:tensor:asym:obs=kl"
     dyn = quanta.quantize(_mlp(), "w8a8-dyn")
     assert torch.equal(quanta.load(quanta.save(dyn, tmp_path / "d"), _mlp())(x), dyn(x))
+
+
+def test_dynamic_convolution_inputs_get_one_scale_per_sample() -> None:
+    torch.manual_seed(0)
+    model = quanta.quantize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)), "w8a8-dyn")
+    conv = model[0]
+    x = torch.randn(2, 3, 6, 6)
+    x[1] *= 10  # a loud sample must not coarsen the quiet one's grid
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    scale = torch.maximum(-lo / 128, hi / 127)
+    xq = torch.clamp(torch.round(x / scale), -128, 127) * scale
+    expected = F.conv2d(xq, conv.dequantized_weight(torch.float32), conv.bias)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # batch-independent: the quiet sample alone gives the same grid (up to conv rounding)
+        torch.testing.assert_close(model(x[:1]), model(x)[:1], rtol=1e-5, atol=1e-6)
+    assert "per sample" in repr(conv)

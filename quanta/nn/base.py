@@ -139,11 +139,24 @@ class QuantModule(nn.Module):
             return (values.detach() + (x.float() - x.float().detach())).to(x.dtype)
         qmin, qmax = int_range(fmt.bits, fmt.signed_codes, scheme.narrow)
         values = x.float()
-        if self.act_dynamic:  # one symmetric scale per token (last dim), computed now
+        if self.act_dynamic:  # one symmetric scale per token (or per sample), computed now
             z0 = symmetric_zero(fmt.bits, fmt.signed_codes)
-            scale = symmetric_scale(values.amin(-1, keepdim=True), values.amax(-1, keepdim=True), qmin - z0, qmax - z0)
+            dims = self.dynamic_dims(x)
+            lo, hi = values.amin(dim=dims, keepdim=True), values.amax(dim=dims, keepdim=True)
+            scale = symmetric_scale(lo, hi, qmin - z0, qmax - z0)
             return fake_quantize_affine(values, scale, z0, qmin, qmax).to(x.dtype)
         return fake_quantize_affine(values, self.act_scale, self.act_zero, qmin, qmax).to(x.dtype)
+
+    batched_dims: ClassVar[int | None] = None
+    """Dimensions of a batched input when dynamic scales are per sample (convolutions); ``None``: per token."""
+
+    def dynamic_dims(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The dims one dynamic scale covers: the last (a token's features), or, for modules with
+        ``batched_dims``, every dim but the batch (one scale per sample; the whole tensor when unbatched), so a
+        sample's result does not depend on what else is in the batch."""
+        if self.batched_dims is None:
+            return (-1,)
+        return tuple(range(1 if x.dim() == self.batched_dims else 0, x.dim()))
 
     def qweight_named(self, name: str) -> QTensor:
         """The packed weight ``name`` as a QTensor (views of this module's buffers, no copy)."""
@@ -171,7 +184,8 @@ class QuantModule(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        act = "" if self.act_scheme is None else f", input={self.act_scheme}{' per token' if self.act_dynamic else ''}"
+        per = " per sample" if self.batched_dims else " per token"
+        act = "" if self.act_scheme is None else f", input={self.act_scheme}{per if self.act_dynamic else ''}"
         if "weight" in self._qweight_meta and len(self._qweight_meta) == 1:
             return f"weight={self.weight_scheme}, shape={tuple(self.weight_shape)}{act}"
         weights = ", ".join(f"{n}={meta[0]}" for n, meta in self._qweight_meta.items())

@@ -208,9 +208,11 @@ class _QuantConv(QuantModule):
 class QuantConv1d(_QuantConv):
     conv_fn = staticmethod(F.conv1d)
     op = "conv1d"
+    batched_dims = 3  # (N, C, L)
 
 
 @register_quant_module(nn.Conv2d)
 class QuantConv2d(_QuantConv):
     conv_fn = staticmethod(F.conv2d)
     op = "conv2d"
+    batched_dims = 4  # (N, C, H, W)
