@@ -31,11 +31,11 @@ from quanta import calib as calib_module
 from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.formats.integer import IntegerFormat
-from quanta.methods.layers import has_matrix_view, input_vectors, weight_matrix
+from quanta.methods.layers import has_matrix_view, input_vector_count, input_vectors, weight_matrix
 from quanta.methods.registry import Method, register_method
 from quanta.primitives.packing import pack
 from quanta.scheme import QScheme
-from quanta.tensor import QTensor, restore_2d, view_2d
+from quanta.tensor import QTensor, view_2d
 
 __all__ = ["adaround_weight", "check_scheme", "layer_hessians"]
 
@@ -72,9 +72,12 @@ def layer_hessians(
     for name in names:
 
         def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            rows = input_vectors(module, args[0].detach()).double()  # (rows, K)
-            if rows.shape[0] > rows_per_step:
-                rows = rows[torch.randperm(rows.shape[0], generator=generator)[:rows_per_step]]
+            x = args[0].detach()
+            count = input_vector_count(module, x)
+            keep = None  # draw the rows before building them: only the kept patches are unfolded
+            if count > rows_per_step:
+                keep = torch.randperm(count, generator=generator)[:rows_per_step]
+            rows = input_vectors(module, x, keep).double()  # (rows, K)
             sums[name] = sums.get(name, 0) + rows.T @ rows  # (K, K)
             counts[name] += rows.shape[0]
 
@@ -89,6 +92,79 @@ def layer_hessians(
 
 def _h(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+@torch.no_grad()
+def _optimize(
+    v: torch.Tensor,
+    floor: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    qrange: tuple[int, int],
+    *,
+    iters: int,
+    lr: float,
+    reg: float,
+    warmup: float,
+    beta: tuple[float, float],
+) -> torch.Tensor:
+    """Full-batch Adam on ``V`` (out, K) from ``v``; returns the final ``V``.
+
+    The gradient is the loss's, in closed form (what autograd would build, without its graph)::
+
+        dL/dW~ = (W~ - W) (H + H^T) / out
+        dL/dh  = a * dL/dW~ * [qmin <= floor + h <= qmax]  -  2 lambda beta |2h - 1|^(beta - 1) sign(2h - 1)
+        dL/dV  = dL/dh * (zeta - gamma) s (1 - s) * [0 <= s (zeta - gamma) + gamma <= 1],   s = sigmoid(V)
+
+    (each clamp passes the gradient on its closed interval, as torch.clamp's backward), and Adam is
+    ``torch.optim.Adam``'s single-tensor update, op for op, in place on preallocated buffers.
+    """
+    qmin, qmax = qrange
+    out = w.shape[0]
+    sym = (hessian + hessian.T) / out
+    # floor + h stays in [floor, floor + 1]: inside [qmin, qmax] the outer clamp is the identity, its mask all ones.
+    inside = bool(((floor >= qmin) & (floor + 1 <= qmax)).all())
+    offset = b - w  # W~ - W = a * q + (b - w)
+    v = v.clone()
+    s, u, h, q, delta, grad, g_h, tmp = (torch.empty_like(v) for _ in range(8))
+    exp_avg, exp_avg_sq, denom = torch.zeros_like(v), torch.zeros_like(v), torch.empty_like(v)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
+    start = int(warmup * iters)
+    for step in range(iters):
+        torch.sigmoid(v, out=s)
+        torch.mul(s, ZETA - GAMMA, out=u).add_(GAMMA)
+        torch.clamp(u, 0, 1, out=h)
+        torch.add(floor, h, out=q)
+        if not inside:
+            qc = q.clamp(qmin, qmax)
+            torch.addcmul(offset, a, qc, out=delta)
+        else:
+            torch.addcmul(offset, a, q, out=delta)
+        torch.mm(delta, sym, out=grad)  # dL/dW~
+        torch.mul(grad, a, out=g_h)
+        if not inside:
+            g_h.mul_((q >= qmin) & (q <= qmax))
+        if step >= start:
+            progress = (step - start) / max(iters - start, 1)
+            b_now = beta[0] + (beta[1] - beta[0]) * progress  # linear decay, as in the paper's code
+            torch.mul(h, 2, out=tmp).sub_(1)  # 2h - 1
+            sign = tmp.sign()
+            tmp.abs_().pow_(b_now - 1).mul_(sign)
+            g_h.add_(tmp, alpha=-2 * reg * b_now)
+        # through the rectified sigmoid: (zeta - gamma) s (1 - s), zero where the clamp to [0, 1] is active
+        torch.neg(s, out=tmp).add_(1).mul_(s).mul_(ZETA - GAMMA)
+        tmp.mul_((u >= 0) & (u <= 1))
+        g_h.mul_(tmp)
+        # Adam (torch.optim.Adam, single tensor, no weight decay / amsgrad)
+        exp_avg.lerp_(g_h, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g_h, g_h, value=1 - beta2)
+        bias_correction1 = 1 - beta1 ** (step + 1)
+        bias_correction2_sqrt = (1 - beta2 ** (step + 1)) ** 0.5
+        torch.sqrt(exp_avg_sq, out=denom).div_(bias_correction2_sqrt).add_(eps)
+        v.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+    return v
 
 
 def adaround_weight(
@@ -142,7 +218,9 @@ def adaround_weight(
     def affine(xb: torch.Tensor, pb: dict[str, torch.Tensor], code: int) -> torch.Tensor:
         return fmt.decode(torch.full_like(xb, code, dtype=torch.int32), pb, scheme)
 
-    # Per-element a and b of w = a * q + b, in the (rows, cols) layout of the scheme's groups.
+    # Per-element a and b of w = a * q + b, in the (rows, cols) layout of the scheme's groups. That layout is a
+    # plain reshape of the (out, K) matrix (one row per tensor, or per output channel), so the loop below works
+    # on (out, K) directly.
     x2d = view_2d(w, scheme, None)
     b2d = grouping.map(lambda xb, pb: affine(xb, pb, 0), x2d, rtn.params)
     a2d = grouping.map(lambda xb, pb: affine(xb, pb, 1), x2d, rtn.params) - b2d
@@ -150,24 +228,23 @@ def adaround_weight(
     floor = torch.floor(cont)
     rest = (cont - floor).clamp(1e-4, 1 - 1e-4)
     # h(V0) = rest: start from the unrounded weights.
-    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).requires_grad_(True)
-    h_mat = hessian.float()
+    v0 = -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)
     out = w_mat.shape[0]
-    optimizer = torch.optim.Adam([v], lr=lr)
-    start = int(warmup * iters)
-    for step in range(iters):
-        optimizer.zero_grad()
-        soft = a2d * torch.clamp(floor + _h(v), qmin, qmax) + b2d
-        delta = restore_2d(soft, w.shape, scheme, None).reshape(out, -1) - w_mat  # (out, K)
-        loss = (delta @ h_mat * delta).sum() / out
-        if step >= start:
-            progress = (step - start) / max(iters - start, 1)
-            b_now = beta[0] + (beta[1] - beta[0]) * progress  # linear decay, as in the paper's code
-            loss = loss + reg * (1 - (2 * _h(v) - 1).abs().pow(b_now)).sum()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        codes = torch.clamp(floor + (_h(v) >= 0.5).float(), qmin, qmax).to(torch.int32)  # (rows, cols)
+    v = _optimize(
+        v0.reshape(out, -1),
+        floor.reshape(out, -1),
+        a2d.reshape(out, -1),
+        b2d.reshape(out, -1),
+        w_mat,
+        hessian.float(),
+        (qmin, qmax),
+        iters=iters,
+        lr=lr,
+        reg=reg,
+        warmup=warmup,
+        beta=beta,
+    ).reshape(x2d.shape)
+    codes = torch.clamp(floor + (_h(v) >= 0.5).float(), qmin, qmax).to(torch.int32)  # (rows, cols)
     packed = pack(codes, scheme.bits, fmt.signed_codes)
     return QTensor(codes=packed, params=dict(rtn.params), scheme=scheme, shape=w.shape, dtype=weight.dtype)
 

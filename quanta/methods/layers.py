@@ -14,7 +14,15 @@ from torch import nn
 
 from quanta.errors import UnsupportedError
 
-__all__ = ["WEIGHT_LAYERS", "channel_dim", "has_matrix_view", "input_vectors", "output_channels", "weight_matrix"]
+__all__ = [
+    "WEIGHT_LAYERS",
+    "channel_dim",
+    "has_matrix_view",
+    "input_vector_count",
+    "input_vectors",
+    "output_channels",
+    "weight_matrix",
+]
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -53,17 +61,10 @@ def has_matrix_view(layer: nn.Module) -> bool:
     )
 
 
-def input_vectors(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input vectors ``(rows, K)`` the weight matrix multiplies, for a layer input ``x``.
-
-    Linear: every leading position is a row. Conv1d/Conv2d: every output position's receptive field,
-    unfolded with the layer's padding, stride and dilation (zero padding is part of what the layer sees).
-
-    Raises:
-        UnsupportedError: grouped convolutions (each group sees other inputs) and non-zero padding modes.
-    """
-    if isinstance(layer, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
+def _conv_geometry(
+    layer: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``x`` as a 4-D image and the layer's kernel, padding, stride and dilation in 2-D (Conv1d: height 1)."""
     if not has_matrix_view(layer):
         raise UnsupportedError(
             f"{type(layer).__name__}: only Linear layers and ungrouped convolutions with numeric zero padding "
@@ -75,7 +76,59 @@ def input_vectors(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(conv, nn.Conv1d):  # treat (n, C, L) as a (n, C, 1, L) image with a (1, k) kernel
         x, lead = x.unsqueeze(2), (1,)
     kernel = (*lead, *conv.kernel_size)
-    padding = (*[0] * len(lead), *conv.padding)  # numeric: checked above
+    padding = (*[0] * len(lead), *conv.padding)  # numeric: checked by has_matrix_view
     stride, dilation = (*lead, *conv.stride), (*lead, *conv.dilation)
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (n, K, positions)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x, kernel, padding, stride, dilation
+
+
+def _positions(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    padding: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[int, int]:
+    """Output height and width of the convolution over the 4-D image ``x``."""
+    oh, ow = ((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2))
+    return oh, ow
+
+
+def input_vector_count(layer: nn.Module, x: torch.Tensor) -> int:
+    """The number of rows :func:`input_vectors` returns for ``x``, without unfolding anything."""
+    if isinstance(layer, nn.Linear):
+        return x.numel() // x.shape[-1]
+    x4, kernel, padding, stride, dilation = _conv_geometry(layer, x)
+    oh, ow = _positions(x4, kernel, padding, stride, dilation)
+    return x4.shape[0] * oh * ow
+
+
+def input_vectors(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The input vectors ``(rows, K)`` the weight matrix multiplies, for a layer input ``x``.
+
+    Linear: every leading position is a row. Conv1d/Conv2d: every output position's receptive field,
+    unfolded with the layer's padding, stride and dilation (zero padding is part of what the layer sees).
+    Rows are ordered by sample, then output position (row-major).
+
+    Args:
+        layer: a layer with a matrix view (:func:`has_matrix_view`).
+        x: the layer's input.
+        rows: optional 1-D indices into that ordering: only those rows are built (the same values, in that
+            order), so sampling a few output positions of a large image does not unfold all of them.
+
+    Raises:
+        UnsupportedError: grouped convolutions (each group sees other inputs) and non-zero padding modes.
+    """
+    if isinstance(layer, nn.Linear):
+        flat = x.reshape(-1, x.shape[-1])
+        return flat if rows is None else flat[rows]
+    x4, kernel, padding, stride, dilation = _conv_geometry(layer, x)
+    oh, ow = _positions(x4, kernel, padding, stride, dilation)
+    patches = F.pad(x4, (padding[1], padding[1], padding[0], padding[0]))
+    for dim in range(2):  # (n, C, oh, ow, span_h, span_w) views, then every dilation-th tap: no copy yet
+        patches = patches.unfold(2 + dim, dilation[dim] * (kernel[dim] - 1) + 1, stride[dim])
+    patches = patches[..., :: dilation[0], :: dilation[1]]  # (n, C, oh, ow, kh, kw)
+    if rows is None:  # F.unfold's layout, one copy (its CPU im2col is slow on few large patches)
+        return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, patches.shape[1] * kernel[0] * kernel[1])
+    sample, position = rows // (oh * ow), rows % (oh * ow)
+    picked = patches[sample, :, position // ow, position % ow]  # (len(rows), C, kh, kw): F.unfold's order
+    return picked.reshape(rows.shape[0], -1)
