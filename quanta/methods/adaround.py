@@ -77,7 +77,9 @@ def layer_hessians(
             keep = None  # draw the rows before building them: only the kept patches are unfolded
             if count > rows_per_step:
                 keep = torch.randperm(count, generator=generator)[:rows_per_step]
-            rows = input_vectors(module, x, keep).double()  # (rows, K)
+            if keep is not None and x.numel() < keep.shape[0] * weight_matrix(module).shape[1]:
+                x = x.double()  # fewer values to convert before the gather than after (patches overlap)
+            rows = input_vectors(module, x, keep).double()  # (rows, K), exact in float64
             sums[name] = sums.get(name, 0) + rows.T @ rows  # (K, K)
             counts[name] += rows.shape[0]
 
@@ -128,7 +130,7 @@ def _optimize(
     inside = bool(((floor >= qmin) & (floor + 1 <= qmax)).all())
     offset = b - w  # W~ - W = a * q + (b - w)
     v = v.clone()
-    s, u, h, q, delta, grad, g_h, tmp = (torch.empty_like(v) for _ in range(8))
+    s, u, h, q, clamped, delta, grad, g_h, t, tmp = (torch.empty_like(v) for _ in range(10))
     exp_avg, exp_avg_sq, denom = torch.zeros_like(v), torch.zeros_like(v), torch.empty_like(v)
     beta1, beta2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
     start = int(warmup * iters)
@@ -138,25 +140,22 @@ def _optimize(
         torch.clamp(u, 0, 1, out=h)
         torch.add(floor, h, out=q)
         if not inside:
-            qc = q.clamp(qmin, qmax)
-            torch.addcmul(offset, a, qc, out=delta)
-        else:
-            torch.addcmul(offset, a, q, out=delta)
+            torch.clamp(q, qmin, qmax, out=clamped)
+        torch.addcmul(offset, a, q if inside else clamped, out=delta)  # W~ - W
         torch.mm(delta, sym, out=grad)  # dL/dW~
         torch.mul(grad, a, out=g_h)
-        if not inside:
-            g_h.mul_((q >= qmin) & (q <= qmax))
+        if not inside:  # the clamp is active exactly where it changed q
+            g_h.masked_fill_(clamped != q, 0)
         if step >= start:
             progress = (step - start) / max(iters - start, 1)
             b_now = beta[0] + (beta[1] - beta[0]) * progress  # linear decay, as in the paper's code
-            torch.mul(h, 2, out=tmp).sub_(1)  # 2h - 1
-            sign = tmp.sign()
-            tmp.abs_().pow_(b_now - 1).mul_(sign)
+            torch.mul(h, 2, out=t).sub_(1)  # 2h - 1
+            torch.abs(t, out=tmp).pow_(b_now - 1)
+            torch.copysign(tmp, t, out=tmp)  # sign(2h - 1) |2h - 1|^(beta - 1)
             g_h.add_(tmp, alpha=-2 * reg * b_now)
         # through the rectified sigmoid: (zeta - gamma) s (1 - s), zero where the clamp to [0, 1] is active
         torch.neg(s, out=tmp).add_(1).mul_(s).mul_(ZETA - GAMMA)
-        tmp.mul_((u >= 0) & (u <= 1))
-        g_h.mul_(tmp)
+        g_h.mul_(tmp).masked_fill_(h != u, 0)  # h == u exactly where u is in [0, 1]
         # Adam (torch.optim.Adam, single tensor, no weight decay / amsgrad)
         exp_avg.lerp_(g_h, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g_h, g_h, value=1 - beta2)

@@ -123,12 +123,21 @@ def input_vectors(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor | None =
         return flat if rows is None else flat[rows]
     x4, kernel, padding, stride, dilation = _conv_geometry(layer, x)
     oh, ow = _positions(x4, kernel, padding, stride, dilation)
-    patches = F.pad(x4, (padding[1], padding[1], padding[0], padding[0]))
-    for dim in range(2):  # (n, C, oh, ow, span_h, span_w) views, then every dilation-th tap: no copy yet
-        patches = patches.unfold(2 + dim, dilation[dim] * (kernel[dim] - 1) + 1, stride[dim])
-    patches = patches[..., :: dilation[0], :: dilation[1]]  # (n, C, oh, ow, kh, kw)
-    if rows is None:  # F.unfold's layout, one copy (its CPU im2col is slow on few large patches)
-        return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, patches.shape[1] * kernel[0] * kernel[1])
+    padded = F.pad(x4, (padding[1], padding[1], padding[0], padding[0]))
+    if rows is None:  # F.unfold's layout in one copy of strided views (its CPU im2col is slow on few large patches)
+        patches = padded
+        for dim in range(2):  # (n, C, oh, ow, span_h, span_w), then every dilation-th tap
+            patches = patches.unfold(2 + dim, dilation[dim] * (kernel[dim] - 1) + 1, stride[dim])
+        patches = patches[..., :: dilation[0], :: dilation[1]]  # (n, C, oh, ow, kh, kw)
+        return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, padded.shape[1] * kernel[0] * kernel[1])
+    # Only the asked rows: one gather at flat offsets into the padded input (row's corner + tap's offset).
+    padded = padded.contiguous()
+    _, channels, height, width = padded.shape
     sample, position = rows // (oh * ow), rows % (oh * ow)
-    picked = patches[sample, :, position // ow, position % ow]  # (len(rows), C, kh, kw): F.unfold's order
-    return picked.reshape(rows.shape[0], -1)
+    corner = sample * (channels * height * width) + (position // ow) * (stride[0] * width) + (position % ow) * stride[1]
+    tap = (
+        torch.arange(channels).view(-1, 1, 1) * (height * width)
+        + torch.arange(kernel[0]).view(1, -1, 1) * (dilation[0] * width)
+        + torch.arange(kernel[1]).view(1, 1, -1) * dilation[1]
+    ).reshape(-1)  # F.unfold's order: channel, then kernel row, then kernel column
+    return padded.view(-1)[corner[:, None] + tap[None, :]]
