@@ -41,7 +41,7 @@ from quanta.eval import accuracy
 from quanta.methods import fold_batchnorm
 from quanta.zoo import cifar10_sample, load_pretrained, mnist_test
 
-PRESETS = ("w8a16", "w8a8", "w8a8-dyn", "w4a16-g32", "nf4-g64", "w3a16-g16", "ternary")
+PRESETS = ("w8a16", "w8a8", "w8a8-dyn", "w4a16-g32", "w4a16-g32-adaround", "nf4-g64", "w3a16-g16", "ternary")
 
 
 def _latency(model: torch.nn.Module, x: torch.Tensor, rounds: int = 5) -> float:
