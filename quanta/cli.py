@@ -534,7 +534,7 @@ def demo(
     if data_dir is None:
         out.note("real pretrained models: not run (pass --data DIR with the shared data to include them).")
     out.note(
-        "bytes = quanta.model_nbytes (weights, biases, scales); latency: fp32 inputs, median of alternating rounds; "
+        "bytes = quanta.model_nbytes (weights, biases, scales); latency: fp32 inputs, best of alternating rounds; "
         "speedup = float latency / quantized latency in the same run."
     )
     out.print(f"plot: {plot_path}")
