@@ -183,6 +183,9 @@ def quantize(
     from_preset = isinstance(recipe, str) and not recipe.endswith(".json")
     resolved = resolve_recipe(recipe)
     steps, unsupported = _plan(model, resolved)
+    fingerprint = calib_module.Fingerprint()
+    if calib is not None:
+        calib = fingerprint.wrap(calib)  # hashed as it is read, for quanta.json's provenance
     plan = _validate(model, resolved, steps, from_preset, calib)
     calib = plan.calib  # read once into a list when methods make several passes
     plan.before(model)  # transforms (cle) on the float model; rounding methods gather their statistics
@@ -225,6 +228,11 @@ def quantize(
     disable_fused_fast_paths(model)
     # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
+    model.quanta_provenance = {  # type: ignore[assignment]
+        "calibration_sha256": fingerprint.hexdigest() if fingerprint.steps else None,
+        "calibration_steps": fingerprint.steps,
+        "torch_seed": torch.initial_seed(),
+    }
     model.quanta_left_in_float = unsupported  # type: ignore[assignment]  # reported in quanta.json
     return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from quanta.errors import QuantaError
 
-__all__ = ["inputs", "run"]
+__all__ = ["Fingerprint", "inputs", "run"]
 
 
 def inputs(loader: Iterable[Any]) -> Iterator[Any]:
@@ -54,3 +55,46 @@ def run(model: nn.Module, calib: Iterable[Any]) -> int:
     if steps == 0:
         raise QuantaError("the calibration data is empty; pass at least one batch of inputs.")
     return steps
+
+
+class Fingerprint:
+    """A SHA-256 of calibration data, taken as the data is read (a one-shot generator is read only once).
+
+    Every tensor in a step (alone, in a tuple/list, or a dict's values in key order) contributes its dtype, shape
+    and bytes, so the same data gives the same hash whatever the run, and any change to it a different one.
+
+    Example:
+        >>> fp = Fingerprint()
+        >>> steps = list(fp.wrap([torch.zeros(2, 3)]))
+        >>> fp.steps, len(fp.hexdigest())
+        (1, 64)
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self.steps = 0
+
+    def _add(self, item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            t = item.detach().cpu().contiguous()
+            self._digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            self._digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(item, dict):
+            for key in sorted(item, key=str):
+                self._digest.update(str(key).encode())
+                self._add(item[key])
+        elif isinstance(item, (tuple, list)):
+            for part in item:
+                self._add(part)
+        else:
+            self._digest.update(repr(item).encode())
+
+    def wrap(self, calib: Iterable[Any]) -> Iterator[Any]:
+        """Yield ``calib``'s steps unchanged, hashing each one on the way."""
+        for item in calib:
+            self._add(item)
+            self.steps += 1
+            yield item
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()

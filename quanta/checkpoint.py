@@ -86,7 +86,11 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         "modules": modules,
         "aliases": aliases,
         "model_nbytes": model_nbytes(model),
-        "provenance": {"quanta": __version__, "torch": torch.__version__},
+        "provenance": {
+            "quanta": __version__,
+            "torch": torch.__version__,
+            **dict(getattr(model, "quanta_provenance", None) or {}),  # calibration hash and steps, torch seed
+        },
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -174,6 +178,8 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
         raise CorruptDataError(f"{path} does not hold {', '.join(left_on_meta[:5])}; the skeleton kept meta tensors.")
     disable_fused_fast_paths(model)
     model.quanta_recipe = config.get("recipe")
+    provenance = dict(config.get("provenance") or {})
+    model.quanta_provenance = {k: v for k, v in provenance.items() if k not in ("quanta", "torch")}  # type: ignore[assignment]
     if config.get("zoo"):
         model.quanta_zoo = config["zoo"]
     return model

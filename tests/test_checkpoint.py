@@ -1,6 +1,7 @@
 """quanta.save / quanta.load: bit-identical round trips and refusal of damaged or mismatched checkpoints."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,24 @@ def test_models_changed_by_methods_reload_into_the_original_architecture(tmp_pat
     loaded = quanta.load(path, skeleton)
     x = torch.randn(2, 3, 6, 6)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_provenance_records_the_calibration_hash_and_seed(tmp_path: Path) -> None:
+    def calib(scale: float) -> Iterator[torch.Tensor]:  # a one-shot generator: hashed as quantize reads it
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            yield scale * torch.randn(2, 1, 8, 8, generator=g)
+
+    hashes = []
+    for scale in (1.0, 1.0, 2.0):
+        model = quanta.quantize(_net(), "w8a8", calib=calib(scale))
+        provenance = json.loads((quanta.save(model, tmp_path / "q", overwrite=True) / "quanta.json").read_text())[
+            "provenance"
+        ]
+        assert provenance["calibration_steps"] == 3 and provenance["torch_seed"] == torch.initial_seed()
+        hashes.append(provenance["calibration_sha256"])
+    assert hashes[0] == hashes[1] != hashes[2]  # same data, same hash; other data, another
+    weight_only = quanta.quantize(_net(), "w8a16")
+    assert (
+        quanta.save(weight_only, tmp_path / "w").joinpath("quanta.json").read_text().count('"calibration_sha256": null')
+    )
