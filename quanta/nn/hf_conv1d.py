@@ -7,6 +7,8 @@ output feature gets its own scales and groups run along the input features.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,11 +19,21 @@ from quanta.tensor import QTensor
 
 __all__ = ["QuantHFConv1D"]
 
-hf_conv1d: type[nn.Module] | None
-try:
-    from transformers.pytorch_utils import Conv1D as hf_conv1d
-except ImportError:  # transformers is an optional extra (pip install quanta[hf])
-    hf_conv1d = None
+
+def _find_hf_conv1d() -> type[nn.Module] | None:
+    """transformers' Conv1D class, or None without transformers (an optional extra: pip install quanta[hf]).
+
+    Looked up through importlib so the type checker sees one definition with or without transformers installed.
+    """
+    try:
+        utils = importlib.import_module("transformers.pytorch_utils")
+    except ImportError:
+        return None
+    found = getattr(utils, "Conv1D", None)
+    return found if isinstance(found, type) and issubclass(found, nn.Module) else None
+
+
+hf_conv1d = _find_hf_conv1d()
 
 
 class QuantHFConv1D(QuantModule):
