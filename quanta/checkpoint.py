@@ -139,7 +139,9 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
         )
     if model is None:
         model = _skeleton_from_config(path, config)
-    tensors = load_tensors(path / WEIGHTS_FILE)
+    # Tensors read from the file sit at its byte offsets; kernels' vector loads want aligned memory, so misaligned
+    # ones are copied once here (torch's allocator aligns to 64 bytes).
+    tensors = {k: v.clone() if v.data_ptr() % 64 else v for k, v in load_tensors(path / WEIGHTS_FILE).items()}
     for alias, original in aliases.items():
         if original not in tensors:
             raise CorruptDataError(f"{path}: alias {alias} points to missing tensor {original}.")

@@ -14,6 +14,9 @@ import torch
 from quanta.kernels.base import Kernel, register_kernel
 from quanta.scheme import QScheme
 
+ALIGNMENT = 64
+"""Byte alignment the kernel's codes need; torch's allocator gives it, a safetensors file's offsets may not."""
+
 
 def _applies(scheme: QScheme, shape: torch.Size) -> bool:
     return (
@@ -22,6 +25,7 @@ def _applies(scheme: QScheme, shape: torch.Size) -> bool:
         and scheme.mode == "sym"
         and scheme.rounding == "rne"
         and len(shape) == 2
+        and shape[1] % 16 == 0  # torch's CPU kernel reads K in blocks of 16: other K crash the process
         and hasattr(torch.ops.aten, "_weight_int8pack_mm")
     )
 
@@ -29,6 +33,8 @@ def _applies(scheme: QScheme, shape: torch.Size) -> bool:
 def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantLinear
     out_features, in_features = module.weight_shape
     weight = module.weight_codes.view(torch.int8).view(out_features, in_features)
+    if weight.data_ptr() % ALIGNMENT:  # the kernel's vector loads crash on unaligned codes (e.g. a file's offsets)
+        weight = weight.clone()
     scales = module.weight_scale.reshape(-1).to(x.dtype)
     flat = x.reshape(-1, in_features)
     y = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), weight, scales)

@@ -36,3 +36,22 @@ def test_fp32_inputs_take_the_reference_path_exactly() -> None:
     x = torch.randn(5, 96)
     expected = torch.nn.functional.linear(x, layer.dequantized_weight(torch.float32), layer.bias)
     assert torch.equal(layer(x), expected)
+
+
+def test_shapes_and_memory_the_kernel_cannot_take_are_kept_from_it() -> None:
+    # torch's kernel crashes the process on in_features that are not multiples of 16, and on unaligned codes.
+    torch.manual_seed(0)
+    odd = quanta.quantize(torch.nn.Sequential(torch.nn.Linear(40, 32)), "w8a16")[0]
+    assert odd.kernel == "reference"
+    x = torch.randn(3, 40, dtype=torch.bfloat16)
+    assert odd(x).shape == (3, 32)
+    layer = quanta.quantize(torch.nn.Sequential(torch.nn.Linear(64, 32)), "w8a16")[0]
+    assert layer.kernel == "int8_weight_only"
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    expected = layer(x)
+    codes = layer.weight_codes
+    shifted = torch.empty(codes.numel() + 1, dtype=torch.uint8)[1:]  # the same bytes at an odd address
+    shifted.copy_(codes)
+    layer.weight_codes = shifted
+    assert layer.weight_codes.data_ptr() % 64 != 0
+    assert torch.equal(layer(x), expected)
