@@ -194,6 +194,7 @@ class _QuantConv(QuantModule):
             kernel is not None
             and x.dtype in kernel.input_dtypes
             and x.device.type == "cpu"
+            and x.dim() == self.batched_dims  # unbatched inputs take the reference path
             and not (x.requires_grad and torch.is_grad_enabled())  # the reference path carries input gradients
             and not forced_reference()
         ):

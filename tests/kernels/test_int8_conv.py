@@ -337,3 +337,13 @@ def test_quantized_model_pickles_with_its_kernel(tmp_path: Path) -> None:
     again = torch.load(tmp_path / "h.pt", weights_only=False)
     assert isinstance(again[2].kernel_weight, PackedConvWeight)  # the kernel was chosen again on load
     assert torch.equal(again.state_dict()["2.weight_codes"], held.state_dict()["2.weight_codes"])
+
+
+def test_unbatched_inputs_match_the_batched_result() -> None:
+    torch.manual_seed(0)
+    for conv, shape in ((torch.nn.Conv2d(3, 20, 3), (3, 10, 10)), (torch.nn.Conv1d(4, 8, 3), (4, 10))):
+        calib = [torch.randn(4, *shape)]
+        q = quanta.quantize(torch.nn.Sequential(conv).eval(), "w8a8", calib=calib)
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(q(x), q(x.unsqueeze(0))[0], rtol=1e-5, atol=1e-5)
