@@ -146,38 +146,59 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
         if original not in tensors:
             raise CorruptDataError(f"{path}: alias {alias} points to missing tensor {original}.")
         tensors[alias] = tensors[original]
-    built: dict[int, QTensor] = {}
-    meta_keys: set[str] = set()
-    for name, entry in modules.items():
-        try:
-            float_module = model.get_submodule(name)
-        except AttributeError as exc:
-            raise QuantaError(f"{path} has a packed module {name!r} that the skeleton lacks: {exc}") from exc
-        quant_class = quant_class_for(float_module)
-        if quant_class is None or quant_class.__name__ != entry.get("class"):
-            raise QuantaError(
-                f"{path}: module {name!r} was saved as {entry.get('class')}, but the skeleton has "
-                f"{type(float_module).__name__} there; pass the architecture the model was saved from."
-            )
-        qweights: dict[str, QTensor] = {}
-        for weight_name in entry.get("weights") or {"weight": None}:
-            qt = QTensor.from_dict(tensors, prefix=f"{name}.{weight_name}_")
-            qweights[weight_name] = built.setdefault(qt.codes.data_ptr(), qt)  # tied weights share one QTensor
-            meta_keys.add(f"{name}.{weight_name}_{META_KEY}")
-        packed = quant_class.from_float_weights(float_module, qweights)
-        if entry.get("activation"):  # buffers are created here and filled by load_state_dict below
-            packed.set_activation(QScheme.parse(entry["activation"]), bool(entry.get("dynamic", False)))
-        model.set_submodule(name, packed)
-    state = {k: v for k, v in tensors.items() if k not in meta_keys}
-    _apply_structure(model, config, state, path)
+    # A skeleton that turns out not to fit is given back as it was: its modules, parameters and buffers.
+    snapshot = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    swapped: list[tuple[str, nn.Module]] = []
     try:
-        # assign=True: a skeleton built on the meta device takes the loaded tensors as they are (no float copy).
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CorruptDataError(f"{path} does not fit the skeleton: {exc}") from exc
-    left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left_on_meta:
-        raise CorruptDataError(f"{path} does not hold {', '.join(left_on_meta[:5])}; the skeleton kept meta tensors.")
+        built: dict[int, QTensor] = {}
+        meta_keys: set[str] = set()
+        for name, entry in modules.items():
+            try:
+                float_module = model.get_submodule(name)
+            except AttributeError as exc:
+                raise QuantaError(f"{path} has a packed module {name!r} that the skeleton lacks: {exc}") from exc
+            if isinstance(float_module, QuantModule):
+                raise QuantaError(
+                    f"{path}: the skeleton's {name!r} is already quantized ({type(float_module).__name__}); "
+                    "pass a float skeleton of the architecture (quantize nothing before loading)."
+                )
+            quant_class = quant_class_for(float_module)
+            if quant_class is None or quant_class.__name__ != entry.get("class"):
+                raise QuantaError(
+                    f"{path}: module {name!r} was saved as {entry.get('class')}, but the skeleton has "
+                    f"{type(float_module).__name__} there; pass the architecture the model was saved from."
+                )
+            qweights: dict[str, QTensor] = {}
+            for weight_name in entry.get("weights") or {"weight": None}:
+                qt = QTensor.from_dict(tensors, prefix=f"{name}.{weight_name}_")
+                qweights[weight_name] = built.setdefault(qt.codes.data_ptr(), qt)  # tied weights share one QTensor
+                meta_keys.add(f"{name}.{weight_name}_{META_KEY}")
+            packed = quant_class.from_float_weights(float_module, qweights)
+            if entry.get("activation"):  # buffers are created here and filled by load_state_dict below
+                packed.set_activation(QScheme.parse(entry["activation"]), bool(entry.get("dynamic", False)))
+            swapped.append((name, float_module))
+            model.set_submodule(name, packed)
+        state = {k: v for k, v in tensors.items() if k not in meta_keys}
+        swapped += _apply_structure(model, config, state, path)
+        try:
+            # assign=True: a skeleton built on the meta device takes the loaded tensors as they are (no float copy).
+            model.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise CorruptDataError(f"{path} does not fit the skeleton: {exc}") from exc
+        left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left_on_meta:
+            raise CorruptDataError(
+                f"{path} does not hold {', '.join(left_on_meta[:5])}; the skeleton kept meta tensors."
+            )
+    except BaseException:
+        for name, original in reversed(swapped):
+            model.set_submodule(name, original)
+        for module, params, buffers in snapshot:
+            module._parameters.clear()
+            module._parameters.update(params)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+        raise
     disable_fused_fast_paths(model)
     model.quanta_recipe = config.get("recipe")
     provenance = dict(config.get("provenance") or {})
@@ -187,18 +208,23 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     return model
 
 
-def _apply_structure(model: nn.Module, config: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> None:
+def _apply_structure(
+    model: nn.Module, config: dict[str, Any], state: dict[str, torch.Tensor], path: Path
+) -> list[tuple[str, nn.Module]]:
     """Make a float skeleton look like the saved model where methods changed its structure.
 
     Folded BatchNorms (and other modules the saved model had replaced) become ``nn.Identity``; a layer that bias
-    correction gave a bias it did not have gets a bias parameter, filled by ``load_state_dict``.
+    correction gave a bias it did not have gets a bias parameter, filled by ``load_state_dict``. Returns the
+    ``(name, module)`` pairs it replaced, so a failed load can put them back.
     """
+    replaced: list[tuple[str, nn.Module]] = []
     for name in config.get("identity", []):
         try:
             current = model.get_submodule(name)
         except AttributeError as exc:
             raise QuantaError(f"{path} has module {name!r} (Identity) that the skeleton lacks: {exc}") from exc
         if not isinstance(current, nn.Identity):
+            replaced.append((name, current))
             model.set_submodule(name, nn.Identity())
     for key, value in state.items():
         owner, _, leaf = key.rpartition(".")
@@ -210,6 +236,7 @@ def _apply_structure(model: nn.Module, config: dict[str, Any], state: dict[str, 
             continue  # load_state_dict names the unexpected key
         if getattr(module, "bias", False) is None:
             module.bias = nn.Parameter(torch.empty_like(value, device="meta"), requires_grad=False)
+    return replaced
 
 
 def _skeleton_from_config(path: Path, config: dict[str, Any]) -> nn.Module:

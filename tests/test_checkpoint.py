@@ -157,3 +157,17 @@ def test_provenance_records_the_calibration_hash_and_seed(tmp_path: Path) -> Non
     assert (
         quanta.save(weight_only, tmp_path / "w").joinpath("quanta.json").read_text().count('"calibration_sha256": null')
     )
+
+
+def test_a_skeleton_that_does_not_fit_is_given_back_unchanged(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = quanta.save(quanta.quantize(_net(), "w8a16"), tmp_path / "q")
+    wrong = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 9))
+    before = {k: v for k, v in wrong.state_dict(keep_vars=True).items()}
+    with pytest.raises(CorruptDataError, match="does not fit"):
+        quanta.load(path, wrong)
+    assert [type(m) for m in wrong] == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear]
+    after = wrong.state_dict(keep_vars=True)
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    with pytest.raises(QuantaError, match="already quantized"):
+        quanta.load(path, quanta.quantize(_net(), "w8a16"))
