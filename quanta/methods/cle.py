@@ -193,7 +193,18 @@ def find_pairs(
         pairs += _traced_pairs(model, args, pairs, atol)
     if names is not None:
         pairs = [p for p in pairs if p[0] in names and p[1] in names]
-    return pairs
+    # A weight shared with another module (an output head tied to an embedding) cannot be rescaled for one pair.
+    shared = _shared_owners(model)
+    return [p for p in pairs if p[0] not in shared and p[1] not in shared]
+
+
+def _shared_owners(model: nn.Module) -> set[str]:
+    """Names of modules holding a parameter that another module holds too."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), []).append(name)
+    return {name for names in owners.values() if len(names) > 1 for name in names}
 
 
 def _out_ranges(layer: nn.Module) -> torch.Tensor:
@@ -287,9 +298,34 @@ def equalize(
 def _transform(model: nn.Module, names: set[str], example: Any) -> None:
     from quanta.methods.bn_fold import fold_batchnorm
 
-    # BatchNorm is affine, not homogeneous: fold it first (function-preserving) so conv -> BN -> ReLU -> conv pairs.
-    fold_batchnorm(model, example_inputs=example)
-    equalize(model, example, names=names)
+    # Given back as it was if anything below fails: every module's parameter objects and values (folding and
+    # equalizing work in place, and folding may add a bias) and the BatchNorms that folding replaces with Identity.
+    snapshot = [
+        (m, dict(m._parameters), {k: v.detach().clone() for k, v in m._parameters.items() if v is not None})
+        for m in model.modules()
+    ]
+    children = [(name, m) for name, m in model.named_modules() if name]
+    try:
+        # BatchNorm is affine, not homogeneous: fold it first (function-preserving) so conv -> BN -> ReLU -> conv
+        # pairs appear.
+        fold_batchnorm(model, example_inputs=example)
+        equalize(model, example, names=names)
+    except BaseException as exc:
+        for name, module in children:  # parents come before their children in named_modules()
+            model.set_submodule(name, module)
+        with torch.no_grad():
+            for module, params, values in snapshot:
+                module._parameters.clear()
+                module._parameters.update(params)
+                for key, value in values.items():
+                    params[key].copy_(value)  # type: ignore[union-attr]
+        if isinstance(exc, (TypeError, RuntimeError)) and not isinstance(exc, QuantaError):
+            raise QuantaError(
+                f"cle could not run the model on the first calibration step: {exc}. Calibration steps must fit "
+                "model.forward (a tensor, a tuple of positional arguments or a dict of keyword arguments); for "
+                "(inputs, labels) loaders pass quanta.calib.inputs(loader). The model was left as it was."
+            ) from exc
+        raise
 
 
 register_method(

@@ -74,3 +74,52 @@ def test_rounding_methods_fall_back_to_rtn_for_recurrent_weights() -> None:
         quanta.quantize(model, "w4a16-g8-adaround", calib=[torch.randn(5, 3, 8)])
     assert any("using rtn" in str(w.message) for w in caught)
     assert set(model[0].qweights) == {"weight_ih_l0", "weight_hh_l0"}
+
+
+class _SigmoidBetween(nn.Module):
+    """conv -> BN -> ReLU -> l1 -> sigmoid (functional) -> l2: l1/l2 look like a CLE pair in the module tree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.l1 = nn.Linear(8 * 4 * 4, 16)
+        self.l2 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.sigmoid(self.l1(torch.relu(self.bn(self.conv(x))).flatten(1))))
+
+
+def test_a_failed_cle_gives_the_model_back_as_it_was() -> None:
+    model = _SigmoidBetween().eval()
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(QuantaError, match="changed the model's output"):
+        quanta.quantize(model, "w4a8-cle", calib=[torch.randn(4, 3, 6, 6)])
+    assert isinstance(model.bn, nn.BatchNorm2d) and model.conv.bias is None  # the fold was undone too
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(QuantaError, match="could not run the model"):
+        quanta.quantize(_SigmoidBetween().eval(), "w4a8-cle", calib=[torch.randn(4, 7)])
+
+
+def test_cle_leaves_tied_weights_alone() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = nn.Embedding(32, 16)
+            self.proj = nn.Linear(16, 16)
+            self.out = nn.Linear(16, 32, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.proj(self.emb(ids))))
+
+    model = Tied().eval()
+    ids = torch.randint(0, 32, (4, 6))
+    quanta.quantize(model, "w4a8-cle_bc", calib=[ids])
+    assert model.out.weight_codes is not None and model.emb.weight is not None  # embeddings stay float
+    assert torch.isfinite(model(ids)).all()
