@@ -101,7 +101,7 @@ def test_validation_happens_before_any_module_changes() -> None:
     model = _cnn()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnsupportedError, match=r"not available; available: .*rtn"):
-        quanta.quantize(model, "w4a16-g32-gptq")
+        quanta.quantize(model, "w4a16-g32-nosuchmethod")
     with pytest.raises(QuantaError, match="calibration data"):
         quanta.quantize(model, "w8a8")
     with pytest.raises(QuantaError, match="calibration data"):
