@@ -1,4 +1,4 @@
-"""CLE, bias correction and AdaRound vs plain RTN on LeNet-5/MNIST and ResNet-20/CIFAR sample (real data).
+"""CLE, bias correction, AdaRound, GPTQ and HQQ vs plain RTN on LeNet-5/MNIST and ResNet-20/CIFAR sample (real data).
 
 Protocols (issue 3): LeNet-5 calibrates on the first 8,000 MNIST test images and is evaluated on the last 2,000;
 ResNet-20 (BatchNorm folded, function-preserving) calibrates on the 400 sample train images and is evaluated on
@@ -108,6 +108,10 @@ def run(name: str, ref: nn.Module, calib: list[torch.Tensor], test: tuple[torch.
     t = time.perf_counter()
     ada = _swap(ref, G32, layer_hessians(ref, _layers(ref), calib))
     rows.append(("w4a16-g32 AdaRound", _mse(ref, ada, held), accuracy(ada, test), time.perf_counter() - t))
+    for label, preset in (("w4a16-g32 GPTQ", "w4a16-g32-gptq"), ("w4a16-g32 HQQ", "w4a16-g32-hqq")):
+        t = time.perf_counter()
+        model = quanta.quantize(copy.deepcopy(ref), preset, calib=calib)
+        rows.append((label, _mse(ref, model, held), accuracy(model, test), time.perf_counter() - t))
     spread = _rtn_spread(ref, calib, held)
     print(f"\n{name}: {len(test[1])} held-out images")
     print(f"| {'method':28} | layer-output rel. MSE | vs RTN | accuracy | vs float (pt) | time (s) |")
