@@ -24,6 +24,7 @@ from quanta._version import __version__
 from quanta.api import model_nbytes
 from quanta.errors import CorruptDataError, QuantaError
 from quanta.io import load_tensors, save_tensors
+from quanta.lm.hf import hf_skeleton, is_hf_model, tie_parameters, write_hf_files
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.scheme import QScheme
@@ -40,8 +41,13 @@ def _packed_modules(model: nn.Module) -> dict[str, QuantModule]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantModule)}
 
 
-def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def save(
+    model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool = False, tokenizer: Any | None = None
+) -> Path:
     """Write ``model`` to ``directory`` as ``model.safetensors`` + ``quanta.json``, atomically.
+
+    A Hugging Face transformers model also gets its ``config.json`` and tokenizer files (``tokenizer`` when given,
+    else those of the directory it was loaded from), so ``quanta.load(directory)`` needs no skeleton.
 
     Raises:
         QuantaError: ``directory`` exists and ``overwrite`` is False.
@@ -79,6 +85,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         "format_version": CHECKPOINT_VERSION,
         "recipe": getattr(model, "quanta_recipe", None),
         "zoo": getattr(model, "quanta_zoo", None),
+        "hf": None,  # filled for transformers models: the class rebuilt from config.json
         "left_in_float": list(getattr(model, "quanta_left_in_float", [])),  # matched, but no quantized twin
         # Methods that change the structure (BatchNorm folding, CLE) leave Identity modules behind: recorded so that
         # load can apply the same change to a float skeleton.
@@ -95,6 +102,8 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        if is_hf_model(model):
+            config["hf"] = write_hf_files(model, staging, tokenizer)
         save_tensors(staging / WEIGHTS_FILE, tensors)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         if target.exists():
@@ -117,7 +126,8 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     Packed modules are rebuilt from the stored codes (every QTensor is validated); everything else is loaded with
     ``load_state_dict(strict=True, assign=True)``, so a skeleton built under ``torch.device("meta")`` works and no
     float weight is ever materialised. Without a skeleton, a model from ``quanta.zoo`` is rebuilt (on the meta
-    device) from the name recorded in quanta.json. Outputs are bit-identical to the saved model's.
+    device) from the name recorded in quanta.json, and a transformers model from its config.json. Outputs are
+    bit-identical to the saved model's.
 
     Raises:
         QuantaError: no skeleton given. CorruptDataError: missing, newer, truncated or inconsistent files.
@@ -185,6 +195,8 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             raise CorruptDataError(f"{path} does not fit the skeleton: {exc}") from exc
+        if config.get("hf"):
+            tie_parameters(model, aliases)
         left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if left_on_meta:
             raise CorruptDataError(
@@ -205,6 +217,8 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     model.quanta_provenance = {k: v for k, v in provenance.items() if k not in ("quanta", "torch")}  # type: ignore[assignment]
     if config.get("zoo"):
         model.quanta_zoo = config["zoo"]
+    if config.get("hf"):
+        setattr(model, "quanta_hf_source", str(path))  # noqa: B010  # a later save copies the tokenizer files from here
     return model
 
 
@@ -240,7 +254,10 @@ def _apply_structure(
 
 
 def _skeleton_from_config(path: Path, config: dict[str, Any]) -> nn.Module:
-    """The architecture named in quanta.json (a ``quanta.zoo`` model), built on the meta device (no float weights)."""
+    """The architecture named in quanta.json (a ``quanta.zoo`` model, or a transformers model rebuilt from
+    config.json), built on the meta device (no float weights)."""
+    if config.get("hf"):
+        return hf_skeleton(path, dict(config["hf"]))
     zoo_name = config.get("zoo")
     if not zoo_name:
         raise QuantaError(
