@@ -1,0 +1,71 @@
+"""stories260K (Hugging Face Llama) perplexity: float vs weight-only presets (RTN, GPTQ, HQQ, AdaRound).
+
+Protocol (issue 4): tinystories_val.txt is tokenized whole without BOS and split at its middle token. Calibration
+takes 32 seeded random windows of 256 tokens from the first half; perplexity is measured on the second half
+(disjoint from calibration) over non-overlapping 256-token windows. Every nn.Linear in the decoder blocks is
+quantized; the presets keep the (tied) embeddings and lm_head in float. Bytes are quanta.model_nbytes.
+
+    .venv/bin/python benchmarks/bench_lm.py [--data ../shared/data] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import quanta
+from quanta.eval import mean_nll
+from quanta.lm import calibration_windows, load_hf, tokenize_file
+
+PRESETS = ("w8a16", "w4a16-g32", "w4a16-g32-gptq", "w4a16-g32-hqq", "w4a16-g32-adaround")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--quick", action="store_true", help="4 calibration windows, 20,000 evaluation tokens")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    model, tokenizer = load_hf(args.data / "stories260K_hf")
+    ids = tokenize_file(args.data / "tinystories_val" / "tinystories_val.txt", tokenizer)
+    half = ids.numel() // 2
+    calib_ids, eval_ids = ids[:half], ids[half:]
+    nsamples = 4 if args.quick else args.nsamples
+    if args.quick:
+        eval_ids = eval_ids[:20_000]
+    windows = calibration_windows(calib_ids, n=nsamples, length=args.seqlen, seed=0)  # (n, seqlen)
+    calib = list(windows.split(8))  # batches of 8 windows
+    print(
+        f"stories260K_hf, tinystories_val: calibration {nsamples} x {args.seqlen} tokens from the first half "
+        f"({half:,} tokens), evaluation on the second half ({eval_ids.numel():,} tokens, "
+        f"{eval_ids.numel() // args.seqlen:,} windows of {args.seqlen})"
+    )
+    float_nll = mean_nll(model, eval_ids, args.seqlen, batch_size=64)
+    float_ppl = math.exp(float_nll)
+    print(f"{'model':<22} {'ppl':>8} {'delta':>8} {'delta %':>8} {'bytes':>10} {'quantize s':>11}")
+    print(f"{'float32':<22} {float_ppl:>8.4f} {0:>8.4f} {0:>8.2f} {quanta.model_nbytes(model):>10,} {'':>11}")
+    for preset in args.presets.split(","):
+        start = time.perf_counter()
+        quantized = quanta.quantize(copy.deepcopy(model), preset, calib)
+        seconds = time.perf_counter() - start
+        ppl = math.exp(mean_nll(quantized, eval_ids, args.seqlen, batch_size=64))
+        delta = ppl - float_ppl
+        print(
+            f"{preset:<22} {ppl:>8.4f} {delta:>8.4f} {100 * delta / float_ppl:>8.2f} "
+            f"{quanta.model_nbytes(quantized):>10,} {seconds:>11.1f}"
+        )
+    print("Command: .venv/bin/python benchmarks/bench_lm.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
