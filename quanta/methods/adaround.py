@@ -21,7 +21,7 @@ see no difference. Only integer grids (``int``/``uint``, sym/asym/fmin, any gran
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.formats.integer import IntegerFormat
 from quanta.methods.layers import has_matrix_view, input_vector_count, input_vectors, weight_matrix
-from quanta.methods.registry import Method, register_method
+from quanta.methods.registry import Collect, Method, Round, register_method
 from quanta.primitives.packing import pack
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor, view_2d
@@ -248,18 +248,32 @@ def adaround_weight(
     return QTensor(codes=packed, params=dict(rtn.params), scheme=scheme, shape=w.shape, dtype=weight.dtype)
 
 
-def _collect(model: nn.Module, names: Sequence[str], calib: list[Any]) -> dict[str, torch.Tensor]:
-    modules = dict(model.named_modules())
-    return layer_hessians(model, [n for n in names if has_matrix_view(modules[n])], calib)
+def hessian_rounding(
+    method: str, weight_fn: Callable[[nn.Module, QScheme, torch.Tensor], QTensor]
+) -> tuple[Collect, Round]:
+    """The ``collect`` and ``round`` steps of a rounding method driven by ``H = E[x x^T]`` (AdaRound, GPTQ).
+
+    ``collect`` gathers every matrix-view layer's ``H`` in one pass over the float model; ``round`` calls
+    ``weight_fn(layer, scheme, H)``, or rounds to nearest (with a warning) for a layer without statistics (no
+    matrix view, or never reached by the data).
+    """
+
+    def collect(model: nn.Module, names: Sequence[str], calib: list[Any]) -> dict[str, torch.Tensor]:
+        modules = dict(model.named_modules())
+        return layer_hessians(model, [n for n in names if has_matrix_view(modules[n])], calib)
+
+    def round_weight(name: str, layer: nn.Module, scheme: QScheme, hessians: dict[str, torch.Tensor]) -> QTensor:
+        if name not in hessians:
+            warnings.warn(f"{method}: no input statistics for {name}; its weight is rounded to nearest.", stacklevel=2)
+            weight = layer.weight
+            assert isinstance(weight, torch.Tensor)
+            return quantize_tensor(weight.detach(), scheme)
+        return weight_fn(layer, scheme, hessians[name])
+
+    return collect, round_weight
 
 
-def _round(name: str, layer: nn.Module, scheme: QScheme, hessians: dict[str, torch.Tensor]) -> QTensor:
-    if name not in hessians:  # a layer type without a matrix view, or one the data never reached
-        warnings.warn(f"adaround: no input statistics for {name}; its weight is rounded to nearest.", stacklevel=2)
-        weight = layer.weight
-        assert isinstance(weight, torch.Tensor)
-        return quantize_tensor(weight.detach(), scheme)
-    return adaround_weight(layer, scheme, hessians[name])
+_collect, _round = hessian_rounding("adaround", lambda layer, scheme, h: adaround_weight(layer, scheme, h))
 
 
 register_method(

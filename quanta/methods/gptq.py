@@ -34,18 +34,15 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.formats.base import Params
 from quanta.formats.integer import IntegerFormat
-from quanta.methods.adaround import layer_hessians
-from quanta.methods.layers import has_matrix_view, weight_matrix
+from quanta.methods.adaround import hessian_rounding
+from quanta.methods.layers import weight_matrix
 from quanta.methods.registry import Method, register_method
 from quanta.primitives.packing import pack
 from quanta.scheme import QScheme
@@ -201,18 +198,7 @@ def gptq_weight(
     return QTensor(codes=packed, params=params, scheme=scheme, shape=weight.shape, dtype=weight.dtype)
 
 
-def _collect(model: nn.Module, names: Sequence[str], calib: list[Any]) -> dict[str, torch.Tensor]:
-    modules = dict(model.named_modules())
-    return layer_hessians(model, [n for n in names if has_matrix_view(modules[n])], calib)
-
-
-def _round(name: str, layer: nn.Module, scheme: QScheme, hessians: dict[str, torch.Tensor]) -> QTensor:
-    if name not in hessians:  # a layer type without a matrix view, or one the data never reached
-        warnings.warn(f"gptq: no input statistics for {name}; its weight is rounded to nearest.", stacklevel=2)
-        weight = layer.weight
-        assert isinstance(weight, torch.Tensor)
-        return quantize_tensor(weight.detach(), scheme)
-    return gptq_weight(layer, scheme, hessians[name])
+_collect, _round = hessian_rounding("gptq", lambda layer, scheme, h: gptq_weight(layer, scheme, h))
 
 
 register_method(
