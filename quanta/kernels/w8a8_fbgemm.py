@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from quanta.kernels.base import Kernel, register_kernel
-from quanta.kernels.w8a8_int_mm import input_scale, int8_activation
+from quanta.kernels.w8a8_int_mm import input_scale, int8_activation, scaled_output
 from quanta.scheme import QScheme
 
 MAX_PADDING = 0.01  # packed bytes may exceed N * K by at most this fraction
@@ -103,17 +103,14 @@ def _from_layout(packed: Any, shape: torch.Size, scheme: QScheme) -> torch.Tenso
 
 
 def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantLinear holding fbgemm's packed weight
-    out_features, in_features = module.weight_shape
+    in_features = module.weight_shape[1]
     flat = x.reshape(-1, in_features).float()  # (M, K)
     scale, zero = input_scale(module, flat)
     scaled = flat * (1.0 / scale)  # the reference path's x * (1 / s), rounded by fbgemm with scale 1
     acc = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
         scaled, 1.0, int(zero) + 128, module.kernel_weight
     )  # (M, N): sum_k (q_x - z_x) q_w as fp32
-    y = acc.mul_(scale * module.weight_scale.float().reshape(1, out_features))
-    if module.bias is not None:
-        y += module.bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+    return scaled_output(acc, scale, module, x)
 
 
 W8A8_FBGEMM = register_kernel(

@@ -49,6 +49,16 @@ def input_scale(module: Any, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return module.act_scale.float(), module.act_zero
 
 
+def scaled_output(acc: torch.Tensor, scale: torch.Tensor, module: Any, x: torch.Tensor) -> torch.Tensor:
+    """``sum_k (q_x - z_x) q_w`` ``(M, N)`` back to the layer's output: times ``s_x * s_w``, plus the bias, in
+    ``x``'s dtype and leading shape (shared by the W8A8 linear kernels)."""
+    out_features = module.weight_shape[0]
+    y = acc.float().mul_(scale * module.weight_scale.float().reshape(1, out_features))
+    if module.bias is not None:
+        y += module.bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
 def _weight(module: Any) -> torch.Tensor:
     out_features, in_features = module.weight_shape
     return module.weight_codes.view(torch.int8).view(out_features, in_features)
@@ -61,7 +71,7 @@ def _prepare(module: Any) -> dict[str, torch.Tensor]:
 
 
 def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantLinear, raw (unquantized) input
-    out_features, in_features = module.weight_shape
+    in_features = module.weight_shape[1]
     qmin, qmax = int_range(8, True, module.act_scheme.narrow)
     flat = x.reshape(-1, in_features).float()  # (M, K)
     scale, zero = input_scale(module, flat)
@@ -70,10 +80,7 @@ def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantLinear, raw (u
     acc = torch._int_mm(codes, _weight(module).t())  # (M, N) int32
     if not module.act_dynamic:
         acc -= zero * module.kernel_rowsum
-    y = acc.float().mul_(scale * module.weight_scale.float().reshape(1, out_features))
-    if module.bias is not None:
-        y += module.bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+    return scaled_output(acc, scale, module, x)
 
 
 W8A8_INT_MM = register_kernel(
