@@ -25,7 +25,6 @@ from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.observers import Observer, get_observer
 from quanta.primitives.checks import check_finite
 from quanta.recipe import Recipe, Rule, resolve_recipe
-from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
 __all__ = ["model_nbytes", "quantize"]
@@ -92,7 +91,7 @@ def _validate(
                 f"activation scheme {act} (for {step.name}) is per {act.granularity}: activations are quantized per "
                 "tensor (static) or per token (dynamic, e.g. w8a8-dyn); drop the granularity from the scheme."
             )
-        if act is not None and rule.dynamic and not _integer(act):
+        if act is not None and rule.dynamic and not act.is_integer:
             raise UnsupportedError(
                 f"dynamic activations are integer only; {act} (for {step.name}) is calibrated statically: "
                 "drop '-dyn' / dynamic=True."
@@ -104,10 +103,6 @@ def _validate(
             check_finite(weight.detach(), f"the {weight_name} of {step.name}")
     # Unknown methods, schemes a method cannot use and methods that need data without calib fail here.
     return MethodPlan([Target(s.name, s.module, s.rule.method, s.rule.weight) for s in steps], calib)
-
-
-def _integer(scheme: QScheme) -> bool:
-    return scheme.format.lstrip("u").startswith("int")
 
 
 def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None) -> dict[str, Observer]:
@@ -218,7 +213,7 @@ def quantize(
                 packed.set_activation(act, dynamic=True)
             elif not act.fmt.param_spec(act):  # a fixed grid (fixed point): nothing to calibrate
                 packed.set_activation(act, dynamic=False, params={})
-            elif _integer(act):
+            elif act.is_integer:
                 scale, zero = observers[step.name].qparams(act)
                 packed.set_activation(act, dynamic=False, scale=scale, zero=zero)
             else:

@@ -132,6 +132,11 @@ class QScheme:
         """Bits per code."""
         return self.fmt.bits
 
+    @property
+    def is_integer(self) -> bool:
+        """Whether the format is a plain integer grid (``intB`` / ``uintB``): scale and zero point per group."""
+        return self.format.lstrip("u").startswith("int")
+
     @classmethod
     def parse(cls, text: str | QScheme) -> QScheme:
         """Parse the string form (see the module docstring); a ``QScheme`` is returned unchanged.

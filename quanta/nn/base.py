@@ -114,7 +114,7 @@ class QuantModule(nn.Module):
         self.act_scheme, self.act_dynamic = scheme, dynamic
         if dynamic:
             return
-        if _is_integer(scheme):
+        if scheme.is_integer:
             self.register_buffer("act_scale", (torch.ones(()) if scale is None else scale).reshape(()).float())
             self.register_buffer("act_zero", (torch.zeros(()) if zero is None else zero).reshape(()).to(torch.int32))
             return
@@ -131,7 +131,7 @@ class QuantModule(nn.Module):
         if scheme is None:
             return x
         fmt = scheme.fmt
-        if not _is_integer(scheme):
+        if not scheme.is_integer:
             params = {name: getattr(self, f"act_{name}") for name in fmt.param_spec(scheme)}
             blocks = x.float().reshape(1, 1, -1)  # (rows, groups, group) as formats expect: one per-tensor group
             values = fmt.decode(fmt.encode(blocks, params, scheme, None), params, scheme).reshape(x.shape)
@@ -190,10 +190,6 @@ class QuantModule(nn.Module):
             return f"weight={self.weight_scheme}, shape={tuple(self.weight_shape)}{act}"
         weights = ", ".join(f"{n}={meta[0]}" for n, meta in self._qweight_meta.items())
         return f"{weights}{act}"
-
-
-def _is_integer(scheme: QScheme) -> bool:
-    return scheme.format.lstrip("u").startswith("int")
 
 
 def register_quant_module(float_type: type[nn.Module]) -> Callable[[type[Any]], type[Any]]:

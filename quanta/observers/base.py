@@ -63,7 +63,7 @@ class Observer(ABC):
         """
         scheme = QScheme.parse(scheme)
         fmt = scheme.fmt
-        if not scheme.format.lstrip("u").startswith("int"):
+        if not scheme.is_integer:
             raise UnsupportedError(f"observers give integer scales and zero points; {scheme.format} is not an integer.")
         lo, hi = self.range()
         lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
