@@ -150,8 +150,13 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     if model is None:
         model = _skeleton_from_config(path, config)
     # Tensors read from the file sit at its byte offsets; kernels' vector loads want aligned memory, so misaligned
-    # ones are copied once here (torch's allocator aligns to 64 bytes).
-    tensors = {k: v.clone() if v.data_ptr() % 64 else v for k, v in load_tensors(path / WEIGHTS_FILE).items()}
+    # ones are copied once here (torch's allocator aligns to 64 bytes). Each original is dropped as soon as it is
+    # copied, so the copies add one tensor, not the whole model, to the peak memory of a load.
+    read = load_tensors(path / WEIGHTS_FILE)
+    tensors: dict[str, torch.Tensor] = {}
+    for key in list(read):
+        value = read.pop(key)
+        tensors[key] = value.clone() if value.data_ptr() % 64 else value
     for alias, original in aliases.items():
         if original not in tensors:
             raise CorruptDataError(f"{path}: alias {alias} points to missing tensor {original}.")
