@@ -42,9 +42,11 @@ def _plan(model: nn.Module, recipe: Recipe) -> tuple[list[_Step], list[str]]:
     """The modules to swap, in order, and the ones a rule matched that have no quantized twin."""
     steps: list[_Step] = []
     unsupported: list[str] = []
-    swapped: list[str] = []  # a twin replaces the whole subtree (e.g. MultiheadAttention and its out_proj)
+    # A twin replaces the whole subtree (e.g. MultiheadAttention and its out_proj). named_modules() is pre-order,
+    # so a module's descendants follow it directly: the last swapped name is the only one they can sit under.
+    swapped = "\0"
     for name, module in model.named_modules():
-        if not name or isinstance(module, QuantModule) or any(name.startswith(f"{p}.") for p in swapped):
+        if not name or isinstance(module, QuantModule) or name.startswith(f"{swapped}."):
             continue
         rule = recipe.rule_for(name, module)
         if rule is None or rule.skip or (rule.weight is None and rule.activation is None):
@@ -56,7 +58,7 @@ def _plan(model: nn.Module, recipe: Recipe) -> tuple[list[_Step], list[str]]:
                 unsupported.append(f"{name} ({type(module).__name__})")
             continue
         steps.append(_Step(name, module, rule, quant_class))
-        swapped.append(name)
+        swapped = name
     if unsupported:
         warnings.warn(
             f"no quantized twin for {len(unsupported)} module(s), left in float: {', '.join(unsupported[:8])}",
