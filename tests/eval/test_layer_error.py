@@ -50,9 +50,10 @@ def test_batching_does_not_change_the_result(pair: tuple[nn.Module, nn.Module]) 
     x = torch.randn(12, 6, generator=torch.Generator().manual_seed(5))
     whole = layer_errors(net, q, [x])
     split = layer_errors(net, q, x.split(5))
+    # Batches of another size may take other GEMM kernels: equal up to float32 rounding of the outputs.
     for a, b in zip(whole, split, strict=True):
-        assert a.output_sqnr_db == pytest.approx(b.output_sqnr_db, abs=1e-6)
-        assert a.output_mse == pytest.approx(b.output_mse, rel=1e-6)
+        assert a.output_sqnr_db == pytest.approx(b.output_sqnr_db, abs=1e-4)
+        assert a.output_mse == pytest.approx(b.output_mse, rel=1e-5)
 
 
 def test_identical_models_have_no_error_and_unpacked_layers_no_weight_sqnr() -> None:
