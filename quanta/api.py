@@ -20,6 +20,7 @@ from quanta import calib as calib_module
 from quanta.codec import quantize_tensor
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.methods.pipeline import MethodPlan, Target
+from quanta.nn import int8_flow
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.observers import Observer, get_observer
@@ -223,6 +224,8 @@ def quantize(
         model.set_submodule(step.name, packed)
     plan.after(model)  # corrections (bc) on the quantized model
     disable_fused_fast_paths(model)
+    if int8_flow.can_flow(model):
+        int8_flow.enable(model)  # int8 activations pass between the int8 convolutions of each call
     # Remembered for quanta.save: the recipe that produced this model, as plain JSON-able data.
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
     model.quanta_provenance = {  # type: ignore[assignment]

@@ -25,6 +25,7 @@ from quanta.api import model_nbytes
 from quanta.errors import CorruptDataError, QuantaError
 from quanta.io import load_tensors, save_tensors
 from quanta.lm.hf import hf_skeleton, is_hf_model, tie_parameters, write_hf_files
+from quanta.nn import int8_flow
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.scheme import QScheme
@@ -92,6 +93,7 @@ def save(
         "identity": [name for name, m in model.named_modules() if name and isinstance(m, nn.Identity)],
         "modules": modules,
         "aliases": aliases,
+        "int8_flow": int8_flow.is_enabled(model),  # int8 activations pass between int8 convs (quanta.nn.int8_flow)
         "model_nbytes": model_nbytes(model),
         "provenance": {
             "quanta": __version__,
@@ -217,6 +219,8 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             module._buffers.update(buffers)
         raise
     disable_fused_fast_paths(model)
+    if config.get("int8_flow", True) and int8_flow.can_flow(model):  # files from before the flow had it on load
+        int8_flow.enable(model)
     model.quanta_recipe = config.get("recipe")
     provenance = dict(config.get("provenance") or {})
     model.quanta_provenance = {k: v for k, v in provenance.items() if k not in ("quanta", "torch")}  # type: ignore[assignment]

@@ -67,6 +67,9 @@ class Kernel:
             buffers, counted by ``model_nbytes``) or ``None`` to keep them; ``params_from_layout`` must give the
             canonical parameters back bit for bit, so that ``state_dict``, ``qweight`` and files are unchanged.
         priority: among kernels that accept a module, higher priority wins (then registration order).
+        on_codes: runs the op on uint8 input codes, to float or to uint8 codes with fused ReLU / sum, for the int8
+            flow between modules (``quanta.nn.int8_flow``; see ``int8_conv.conv_on_codes`` for the arguments);
+            ``input_grid(module)`` gives the ``(scale, zero point)`` of the module's uint8 input codes.
     """
 
     name: str
@@ -83,6 +86,8 @@ class Kernel:
     params_to_layout: ParamsRelayout | None = None
     params_from_layout: ParamsRestore | None = None
     priority: int = 0
+    on_codes: Callable[..., torch.Tensor] | None = None
+    input_grid: Callable[[Any], tuple[float, int]] | None = None
 
 
 _KERNELS: list[Kernel] = []

@@ -33,6 +33,7 @@ conv module, since a grouped weight packs differently.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -40,7 +41,15 @@ import torch
 from quanta.kernels.base import Kernel, register_kernel
 from quanta.scheme import QScheme
 
-__all__ = ["INT8_CONV1D", "INT8_CONV2D", "PackedConvWeight", "int8_conv_available"]
+__all__ = [
+    "INT8_CONV1D",
+    "INT8_CONV2D",
+    "PackedConvWeight",
+    "conv_on_codes",
+    "input_grid",
+    "int8_conv_available",
+    "quantize_input_codes",
+]
 
 MAX_PADDING = 0.01  # the packed weight may exceed the codes by at most this fraction to be held instead of them
 
@@ -142,31 +151,124 @@ def _activation(act: QScheme | None, dynamic: bool) -> bool:
     )
 
 
-def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d, raw fp32 or bf16 input
-    one_d = x.dim() == 3
-    stride, padding, dilation = list(module.stride), list(module.kernel_padding), list(module.dilation)
-    if one_d:  # (n, c, l) -> (n, c, 1, l), as the weight was packed
-        x = x.unsqueeze(2)
-        stride, padding, dilation = [1, *stride], [0, *padding], [1, *dilation]
-    held = module.kernel_weight
-    packed = held.packed if isinstance(held, PackedConvWeight) else _prepack(held, module.grouped_weight_shape)
-    w_scale = module.weight_scale.reshape(-1).float()  # (out,)
-    x_scale = float(module.act_scale)
-    x_zero = int(module.act_zero) + (128 if module.act_scheme.fmt.signed_codes else 0)  # signed codes -> uint8
+def input_grid(module: Any) -> tuple[float, int]:
+    """The module's calibrated input grid as oneDNN's uint8 input takes it: ``(scale, zero point)``; signed int8
+    codes ``q`` become unsigned ``q + 128`` with the zero point moved by 128, the same grid."""
+    return float(module.act_scale), int(module.act_zero) + (128 if module.act_scheme.fmt.signed_codes else 0)
+
+
+def quantize_input_codes(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """``x`` (fp32 or bf16, widened exactly) as uint8 codes on the grid, channels-last: torch's
+    ``quantize_per_tensor``, the same rounding as quanta's reference fake-quantization, so the codes are equal."""
     with warnings.catch_warnings():  # torch 2.13 flags quint8 tensors as deprecated; this one lives for one call
         warnings.simplefilter("ignore", UserWarning)
         # One pass to fp32 channels-last (none for an fp32 channels-last input); bf16 -> fp32 is exact.
-        xf = x.to(dtype=torch.float32, memory_format=torch.channels_last)
-        qx = torch.quantize_per_tensor(xf, x_scale, x_zero, torch.quint8)
+        layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+        qx = torch.quantize_per_tensor(x.to(dtype=torch.float32, memory_format=layout), scale, zero, torch.quint8)
     # The uint8 bytes of the quint8 tensor, zero-copy (the op takes plain uint8 with the qparams as arguments).
-    x_u8 = torch.empty(0, dtype=torch.uint8).set_(qx.untyped_storage(), qx.storage_offset(), qx.shape, qx.stride())
-    bias = None if module.bias is None else module.bias.float()
-    w_zero = torch.zeros(w_scale.numel(), dtype=torch.int64)
-    y = torch.ops.onednn.qconv2d_pointwise(
-        x_u8, x_scale, x_zero, packed, w_scale, w_zero, bias, stride, padding, dilation, module.groups,
-        1.0, 0, x.dtype, "none", [], "",
-    )  # fmt: skip
+    return torch.empty(0, dtype=torch.uint8).set_(qx.untyped_storage(), qx.storage_offset(), qx.shape, qx.stride())
+
+
+def conv_on_codes(
+    module: Any,
+    codes: torch.Tensor,
+    x_scale: float,
+    x_zero: int,
+    out_scale: float | None,
+    out_zero: int,
+    accum: tuple[torch.Tensor, float, int] | None,
+    relu: bool,
+    dtype: torch.dtype,
+    accum_owned: bool = False,
+) -> torch.Tensor:
+    """The conv of uint8 input ``codes`` (``(n, c, h, w)``, or ``(n, c, l)`` for conv1d) on the grid
+    ``(x_scale, x_zero)``: in float ``dtype`` when ``out_scale`` is None, else as uint8 codes on the grid
+    ``(out_scale, out_zero)`` (oneDNN requantizes the int32 sums once), with the ReLU and the sum of ``accum``'s
+    uint8 codes (on their own grid) fused when asked; oneDNN writes that result over the accumulator, so it gets
+    a copy unless ``accum_owned`` says nobody reads those codes again. The int8 flow between modules
+    (``quanta.nn.int8_flow``) uses the uint8 forms; the plain path the float one."""
+    one_d = codes.dim() == 3
+    if one_d:  # (n, c, l) -> (n, c, 1, l), as the weight was packed
+        codes = codes.unsqueeze(2)
+    packed, w_scale, w_zero, bias, geometry = _constants(module)
+    if out_scale is None and accum is None:
+        # y = s_x * s_w[o] * acc + b straight to fp32, or rounded once to bf16; channels-last like the input.
+        unary = "relu" if relu else "none"
+        y = torch.ops.onednn.qconv2d_pointwise(
+            codes, x_scale, x_zero, packed, w_scale, w_zero, bias, *geometry, 1.0, 0, dtype, unary, [], ""
+        )
+    elif out_scale is None:  # float output with the accumulator's float value summed in (and the ReLU)
+        assert accum is not None
+        acc_codes, acc_scale, acc_zero = accum
+        target = acc_codes.to(torch.float32, memory_format=torch.channels_last).sub_(acc_zero).mul_(acc_scale)
+        y = torch.ops.onednn.qconv2d_pointwise.binary(
+            codes, x_scale, x_zero, packed, w_scale, w_zero, target, bias, *geometry, 1.0, 0, torch.float32,
+            1.0, 0, "sum", 1.0, "relu" if relu else None, [], None,
+        ).to(dtype)  # fmt: skip
+    elif accum is None:
+        unary = "relu" if relu else "none"
+        y = torch.ops.onednn.qconv2d_pointwise(
+            codes, x_scale, x_zero, packed, w_scale, w_zero, bias, *geometry, out_scale, out_zero, None, unary, [], ""
+        )
+    else:
+        acc_codes, acc_scale, acc_zero = accum
+        # oneDNN's sum post-op writes into the accumulator: a copy unless nobody reads those codes again.
+        layout = torch.channels_last
+        owned = accum_owned and acc_codes.is_contiguous(memory_format=layout)
+        target = acc_codes if owned else acc_codes.clone(memory_format=layout)
+        y = torch.ops.onednn.qconv2d_pointwise.binary(
+            codes, x_scale, x_zero, packed, w_scale, w_zero, target, bias, *geometry, out_scale, out_zero, None,
+            acc_scale, acc_zero, "sum", 1.0, "relu" if relu else None, [], None,
+        )  # fmt: skip
     return y.squeeze(2) if one_d else y
+
+
+_CONSTANTS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def input_grid_cached(module: Any) -> tuple[float, int]:
+    """:func:`input_grid`, read from the tensors once per module and again when they change."""
+    scale, zero = module.act_scale, module.act_zero
+    cached = _GRIDS.get(module)
+    if cached is not None and cached[0] is scale and cached[1] is zero and cached[2] == (scale._version, zero._version):
+        return cached[3]
+    grid = input_grid(module)
+    _GRIDS[module] = (scale, zero, (scale._version, zero._version), grid)
+    return grid
+
+
+_GRIDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _constants(module: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[Any, ...]]:
+    """``(packed weight, weight scales, weight zero points, fp32 bias, geometry)`` of a conv, built once per
+    module and rebuilt when its codes, scales or bias change (other objects, or written in place)."""
+    held, scale, bias = module.kernel_weight, module.weight_scale, module.bias
+    versions = (getattr(held, "_version", 0), scale._version, None if bias is None else bias._version)
+    cached = _CONSTANTS.get(module)
+    if cached is not None and cached[0] is held and cached[1] is scale and cached[2] is bias and cached[3] == versions:
+        return cached[4]
+    packed = held.packed if isinstance(held, PackedConvWeight) else _prepack(held, module.grouped_weight_shape)
+    w_scale = scale.reshape(-1).float()  # (out,)
+    stride, padding, dilation = list(module.stride), list(module.kernel_padding), list(module.dilation)
+    if len(stride) == 1:  # conv1d runs as a conv2d of height 1
+        stride, padding, dilation = [1, *stride], [0, *padding], [1, *dilation]
+    geometry = (stride, padding, dilation, module.groups)
+    constants = (
+        packed,
+        w_scale,
+        torch.zeros(w_scale.numel(), dtype=torch.int64),
+        None if bias is None else bias.float(),
+        geometry,
+    )
+    if isinstance(held, PackedConvWeight):  # codes packed per call stay packed per call (memory budget)
+        _CONSTANTS[module] = (held, scale, bias, versions, constants)
+    return constants
+
+
+def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d, raw fp32 or bf16 input
+    scale, zero = input_grid(module)
+    return conv_on_codes(module, quantize_input_codes(x, scale, zero), scale, zero, None, 0, None, False, x.dtype)
 
 
 def _kernel(op: str, applies: Any) -> Kernel:
@@ -181,6 +283,8 @@ def _kernel(op: str, applies: Any) -> Kernel:
         to_layout=_to_layout,
         from_layout=_from_layout,
         layout_nbytes=_layout_nbytes,
+        on_codes=conv_on_codes if op == "conv2d" else None,
+        input_grid=input_grid_cached,
     )
 
 

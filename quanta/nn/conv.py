@@ -23,7 +23,10 @@ from torch import nn
 
 from quanta.errors import UnsupportedError
 from quanta.kernels.base import Kernel, forced_reference, kernel_for
+from quanta.kernels.int8_conv import quantize_input_codes
+from quanta.nn import int8_flow
 from quanta.nn.base import register_quant_module
+from quanta.nn.int8_flow import Int8Activation
 from quanta.nn.kernel_layout import KernelLayoutModule
 from quanta.tensor import QTensor
 
@@ -79,8 +82,39 @@ class _QuantConv(KernelLayoutModule):
 
     # -- forward ---------------------------------------------------------------------------------------------
 
+    def _output_shape(self, shape: torch.Size) -> torch.Size:
+        assert self.kernel_padding is not None
+        spatial = [
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, k, s, p, d in zip(
+                shape[2:], self.kernel_size, self.stride, self.kernel_padding, self.dilation, strict=True
+            )
+        ]
+        return torch.Size([shape[0], self.out_channels, *spatial])
+
+    def _deferred(self, x: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+        """The int8 flow (``quanta.nn.int8_flow``): the input as uint8 codes now, the conv when its result is read."""
+        assert kernel.on_codes is not None and kernel.input_grid is not None
+        scale, zero = kernel.input_grid(self)
+        if isinstance(x, Int8Activation):
+            codes, scale, zero = x.as_codes(scale, zero)  # int8 codes already: taken as they are
+            codes = codes.contiguous(memory_format=torch.channels_last)
+            shape, dtype = x.size_, x.dtype_
+        else:
+            codes, shape, dtype = quantize_input_codes(x, scale, zero), x.shape, x.dtype
+        return Int8Activation.pending(self._output_shape(shape), dtype, self, kernel.on_codes, (codes, scale, zero))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._kernel
+        if (
+            type(x) is Int8Activation  # made by an int8 conv of this call: CPU, no gradient, a kernel dtype
+            and kernel is not None
+            and kernel.on_codes is not None
+            and len(x.size_) == self.batched_dims
+            and int8_flow.active()
+            and not forced_reference()
+        ):
+            return self._deferred(x, kernel)
         if (
             kernel is not None
             and x.dtype in kernel.input_dtypes
@@ -89,6 +123,8 @@ class _QuantConv(KernelLayoutModule):
             and not (x.requires_grad and torch.is_grad_enabled())  # the reference path carries input gradients
             and not forced_reference()
         ):
+            if kernel.on_codes is not None and int8_flow.active():
+                return self._deferred(x, kernel)
             return kernel.run(x if kernel.quantizes_input else self.quantize_input(x), self)
         x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)

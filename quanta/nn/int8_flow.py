@@ -1,0 +1,426 @@
+"""int8 activations flowing between quantized convolutions, without tracing the model.
+
+A W8A8 CNN spends as long between its int8 convolutions as in them when every conv returns float: the model's own
+ReLUs, residual adds and the next conv's input quantization each read and write the activation in fp32. Graph
+rewriting tools (torch's FX, onnxruntime) fuse those ops into the convolutions. quanta sees no graph, so it defers
+instead: inside a call of a quantized model, a conv on the ``int8_conv`` kernel returns an :class:`Int8Activation`,
+a tensor that records the convolution without running it. What the model then does with it is folded in:
+
+- ``F.relu`` / ``relu_`` / ``nn.ReLU(inplace=True)``: becomes oneDNN's fused ReLU post-op;
+- ``out + shortcut`` / ``out += shortcut`` with an int8 ``shortcut``: becomes oneDNN's fused sum post-op;
+- slicing and zero padding (ResNet's option-A shortcut) of a computed activation: done on its uint8 codes.
+
+The convolution runs when its result is first read. Read by another int8 conv, it is written as uint8 at that
+conv's calibrated input scale (the rounding the conv would apply to a float input; oneDNN requantizes the int32
+sums), and that conv takes the bytes as they are, so the activation crosses no float step between the two.
+Read by anything else (pooling, a float layer, a user's op), it is computed in float: the convolution, the sum and
+the ReLU as the float model would, so numerics there are the plain kernel path's. A value is computed once; later
+readers get it in the form it was first computed in (uint8 codes are dequantized exactly for float readers).
+
+So the only numerical change from the plain kernel path is that a tensor read by an int8 conv *and* by an add (the
+residual shortcut) is held at the conv's 8-bit input grid for the add too, as FX's int8 graphs hold it.
+
+Only calls of the quantized model itself (the root module :func:`enable` registers hooks on) produce these
+tensors, and every one left in the model's outputs is turned into a plain tensor before the call returns, so
+callers never see them; calling a submodule directly takes the plain path. Inputs that need gradients, a
+``torch.compile`` trace and ``QUANTA_KERNEL=reference`` take the plain path as well. In-place ops other than ReLU
+and the shortcut add turn the activation into an ordinary float value first (views taken of it before then keep
+the old value: the one behaviour a float tensor would not show).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from quanta.kernels.int8_conv import quantize_input_codes
+
+__all__ = ["Int8Activation", "active", "can_flow", "enable", "is_enabled", "plain"]
+
+aten = torch.ops.aten
+CHANNELS_LAST = torch.channels_last
+ATTRIBUTE = "quanta_int8_flow"  # on the root model: whether its calls let int8 activations flow (quanta.json too)
+
+
+class _State(threading.local):
+    depth = 0  # how many flow-enabled model calls are running on this thread
+
+
+_STATE = _State()
+
+
+def active() -> bool:
+    """True inside a call of a flow-enabled quantized model (and not while torch.compile traces it)."""
+    return _STATE.depth > 0 and not torch.compiler.is_compiling()
+
+
+# -- the deferred tensor ------------------------------------------------------------------------------------------
+
+# (conv module, input codes, input scale, input zero point, output scale or None for float, output zero point,
+#  (accumulator codes, scale, zero point) or None, fused relu, float dtype[, accumulator owned]) -> output
+ConvRunner = Callable[..., torch.Tensor]
+
+
+class Int8Activation(torch.Tensor):
+    """A float tensor held as a pending int8 convolution (with ReLU / sum folded in) or as computed uint8 codes.
+
+    It has the float tensor's shape and dtype; any op quanta does not fold computes it (:meth:`dequantize`) and
+    runs on the float value. Built by quantized convolutions only, never by users.
+    """
+
+    # Set by exactly one state: ``codes`` (computed, uint8, channels-last) or ``value`` (computed, float) or
+    # ``conv`` (pending: ``conv(x)``, plus ``accum`` and ``relu``).
+    codes: torch.Tensor | None
+    scale: float
+    zero: int
+    value: torch.Tensor | None
+    conv: nn.Module | None
+    runner: ConvRunner | None
+    x: tuple[torch.Tensor, float, int] | None  # the pending conv's input: codes, scale, zero point
+    accum: Int8Activation | None  # computed codes added to the conv's output (the fused sum)
+    fused_relu: bool
+    nonnegative: bool  # a ReLU already applied: another one changes nothing
+    viewed: bool  # its codes are a view, or have views (slices): never handed to oneDNN to overwrite
+
+    @staticmethod
+    def __new__(cls, shape: torch.Size, dtype: torch.dtype) -> Int8Activation:
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=torch.device("cpu"))
+
+    def __init__(self, shape: torch.Size, dtype: torch.dtype) -> None:
+        # Plain attributes: reading .shape / .dtype of a tensor subclass goes through __torch_function__.
+        self.size_, self.dtype_ = shape, dtype
+        self.codes = self.value = self.conv = self.runner = self.x = self.accum = None
+        self.scale, self.zero, self.fused_relu, self.nonnegative, self.viewed = 1.0, 0, False, False, False
+
+    @classmethod
+    def pending(
+        cls,
+        shape: torch.Size,
+        dtype: torch.dtype,
+        conv: nn.Module,
+        runner: ConvRunner,
+        x: tuple[torch.Tensor, float, int],
+    ) -> Int8Activation:
+        """The result of ``conv`` on the uint8 input ``x``, computed by ``runner`` when first read."""
+        out = cls(shape, dtype)
+        out.conv, out.runner, out.x = conv, runner, x
+        return out
+
+    @classmethod
+    def of_codes(
+        cls, codes: torch.Tensor, scale: float, zero: int, dtype: torch.dtype, nonnegative: bool = False
+    ) -> Int8Activation:
+        out = cls(codes.shape, dtype)
+        out.codes, out.scale, out.zero, out.nonnegative = codes, scale, zero, nonnegative
+        return out
+
+    def _with(self, accum: Int8Activation | None, relu: bool) -> Int8Activation:
+        assert self.conv is not None and self.runner is not None and self.x is not None
+        out = Int8Activation.pending(self.size_, self.dtype_, self.conv, self.runner, self.x)
+        out.accum, out.fused_relu, out.nonnegative = accum, relu, relu
+        return out
+
+    @property
+    def is_pending(self) -> bool:
+        return self.conv is not None
+
+    def __repr__(self) -> str:  # type: ignore[override]
+        state = "pending conv" if self.is_pending else ("uint8" if self.codes is not None else "float")
+        return f"Int8Activation(shape={tuple(self.size_)}, {state})"
+
+    # -- computing ----------------------------------------------------------------------------------------------
+
+    def _drop_pending(self) -> None:
+        self.conv = self.runner = self.x = self.accum = None
+
+    def as_codes(self, scale: float, zero: int) -> tuple[torch.Tensor, float, int]:
+        """``(codes, scale, zero point)``: computed as uint8 at this grid unless already computed (then as held)."""
+        if self.codes is None:
+            if self.value is not None:
+                self.codes = quantize_input_codes(self.value, scale, zero)
+            else:
+                assert self.runner is not None and self.x is not None
+                acc, owned = None, False
+                if self.accum is not None:
+                    accum, self.accum = self.accum, None
+                    owned = _only_reference(accum)
+                    acc = accum.held_codes()
+                    del accum
+                self.codes = self.runner(self.conv, *self.x, scale, zero, acc, self.fused_relu, self.dtype_, owned)
+                self._drop_pending()
+            self.scale, self.zero = scale, zero
+        return self.codes, self.scale, self.zero
+
+    def held_codes(self) -> tuple[torch.Tensor, float, int]:
+        """The computed codes with their grid."""
+        assert self.codes is not None
+        return self.codes, self.scale, self.zero
+
+    def dequantize(self) -> torch.Tensor:
+        """The float value (computed once; uint8 codes are dequantized exactly)."""
+        if self.value is None:
+            if self.codes is not None:
+                self.value = self.codes.to(torch.float32).sub_(self.zero).mul_(self.scale).to(self.dtype_)
+            else:  # the conv in float, with the sum and the ReLU fused (the accumulator's exact float value)
+                assert self.runner is not None and self.x is not None
+                acc = None if self.accum is None else self.accum.held_codes()
+                self.value = self.runner(self.conv, *self.x, None, 0, acc, self.fused_relu, self.dtype_)
+                self._drop_pending()
+        return self.value
+
+    def _become_float(self) -> torch.Tensor:
+        """Hold the float value only (before an in-place op quanta does not fold)."""
+        value = self.dequantize()
+        self.codes = None
+        return value
+
+    # -- ops ----------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def __torch_function__(
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        # The ops a CNN's forward calls between its convolutions are folded here, before torch's dispatcher (tens
+        # of microseconds a call cheaper than __torch_dispatch__); everything else goes down to the dispatcher as
+        # for a plain tensor (attribute reads stay native) and reaches __torch_dispatch__'s fallback.
+        fold = _PYTHON_FOLDS.get(func)
+        if fold is not None:
+            out = fold(*args, **(kwargs or {}))
+            if out is not NotImplemented:
+                return out
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+    @classmethod
+    def __torch_dispatch__(  # type: ignore[override]
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        folded = _fold(func, args, kwargs)
+        if folded is not NotImplemented:
+            return folded
+        mutated = _mutated_args(func, args)
+        unwrapped_args, unwrapped_kwargs = tree_map(
+            lambda t: t._become_float() if id(t) in mutated else (t.dequantize() if isinstance(t, cls) else t),
+            (args, kwargs),
+        )
+        out = func(*unwrapped_args, **unwrapped_kwargs)
+        if mutated and isinstance(args[0], cls) and id(args[0]) in mutated:
+            return args[0]  # an in-place op returns its own (now float-held) tensor
+        return out
+
+
+def _only_reference(accum: Int8Activation) -> bool:
+    """Whether the caller's local ``accum`` is the last reference to it and to its codes, which are no view and
+    have none: then oneDNN may write the conv's output over them (its sum post-op) instead of over a copy.
+
+    CPython's reference counts are exact: 2 is the caller's local plus ``getrefcount``'s argument, and ``codes``
+    is held by ``accum`` alone (plus the argument). Anything else holding either (a caller's variable, another
+    pending conv reading the codes) makes the count higher, and the codes are copied."""
+    return (
+        not accum.viewed
+        and accum.codes is not None
+        and sys.getrefcount(accum) == 3  # the caller's local, this frame's argument, getrefcount's argument
+        and sys.getrefcount(accum.codes) == 2  # accum.codes, getrefcount's argument
+    )
+
+
+def _mutated_args(func: Any, args: tuple[Any, ...]) -> set[int]:
+    """ids of the Int8Activation arguments ``func`` writes to (in-place ops, ``out=``)."""
+    schema = func._schema
+    ids = set()
+    for arg, value in zip(schema.arguments, args, strict=False):
+        if arg.alias_info is not None and arg.alias_info.is_write and isinstance(value, Int8Activation):
+            ids.add(id(value))
+    return ids
+
+
+def _has_codes(t: Any) -> bool:
+    """Whether ``t`` is an Int8Activation computed as uint8 codes (by the int8 conv that read it)."""
+    return isinstance(t, Int8Activation) and t.codes is not None
+
+
+def _fold(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The ops quanta folds into the pending conv or runs on the uint8 codes; NotImplemented for the rest."""
+    if func is aten.detach.default or func is aten.alias.default:
+        return args[0]  # never requires grad: detaching changes nothing
+    if func in (aten.relu.default, aten.relu_.default):
+        x = args[0]
+        if x.nonnegative:
+            return x
+        in_place = func is aten.relu_.default
+        if x.is_pending:
+            if not in_place:
+                return x._with(x.accum, relu=True)
+            x.fused_relu = x.nonnegative = True
+            return x
+        if x.codes is not None:
+            if in_place:  # new codes: pending convs that read the old ones keep them (they read before the ReLU)
+                x.codes, x.value, x.nonnegative = x.codes.clamp_min(x.zero), None, True
+                return x
+            return Int8Activation.of_codes(x.codes.clamp_min(x.zero), x.scale, x.zero, x.dtype_, True)
+        return NotImplemented
+    if func in (aten.add.Tensor, aten.add_.Tensor) and len(args) == 2 and not kwargs:
+        a, b = args
+        if not (isinstance(a, Int8Activation) and isinstance(b, Int8Activation)) or a.size_ != b.size_:
+            return NotImplemented
+        if a.dtype_ != b.dtype_ or a is b:
+            return NotImplemented
+        in_place = func is aten.add_.Tensor
+        pairs = ((a, b),) if in_place else ((a, b), (b, a))
+        for conv_out, shortcut in pairs:
+            if conv_out.is_pending and conv_out.accum is None and not conv_out.fused_relu and _has_codes(shortcut):
+                if not in_place:
+                    return conv_out._with(shortcut, relu=False)
+                conv_out.accum = shortcut
+                return conv_out
+        return NotImplemented
+    if func is aten.slice.Tensor and _has_codes(args[0]):
+        x = args[0]
+        assert x.codes is not None
+        view = Int8Activation.of_codes(func(x.codes, *args[1:], **kwargs), x.scale, x.zero, x.dtype_, x.nonnegative)
+        x.viewed = view.viewed = True
+        return view
+    if func is aten.constant_pad_nd.default and _has_codes(args[0]):
+        x, pad = args[0], list(args[1])
+        value = args[2] if len(args) > 2 else kwargs.get("value", 0)
+        if value != 0 or any(p < 0 for p in pad) or len(pad) % 2:
+            return NotImplemented
+        assert x.codes is not None
+        return Int8Activation.of_codes(_pad_codes(x.codes, pad, x.zero), x.scale, x.zero, x.dtype_, x.nonnegative)
+    return NotImplemented
+
+
+def _relu_fold(x: Any, inplace: bool = False) -> Any:
+    if not isinstance(x, Int8Activation):
+        return NotImplemented
+    return _fold(aten.relu_.default if inplace else aten.relu.default, (x,), {})
+
+
+def _relu_inplace_fold(x: Any) -> Any:
+    return _relu_fold(x, inplace=True)
+
+
+def _add_fold(a: Any, b: Any, alpha: Any = 1, inplace: bool = False) -> Any:
+    if alpha != 1:
+        return NotImplemented
+    return _fold(aten.add_.Tensor if inplace else aten.add.Tensor, (a, b), {})
+
+
+def _iadd_fold(a: Any, b: Any, alpha: Any = 1) -> Any:
+    return _add_fold(a, b, alpha, inplace=True)
+
+
+def _getitem_fold(x: Any, index: Any) -> Any:
+    """Basic slicing (slices and ``...``) of computed codes: a view of them."""
+    if not _has_codes(x):
+        return NotImplemented
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(i, slice) or i is Ellipsis for i in items):
+        return NotImplemented
+    if any(isinstance(i, slice) and any(isinstance(v, torch.Tensor) for v in (i.start, i.stop, i.step)) for i in items):
+        return NotImplemented
+    assert x.codes is not None
+    with torch._C.DisableTorchFunctionSubclass():
+        view = Int8Activation.of_codes(x.codes[index], x.scale, x.zero, x.dtype_, x.nonnegative)
+    x.viewed = view.viewed = True
+    return view
+
+
+def _pad_fold(x: Any, pad: Any, mode: str = "constant", value: float | None = None) -> Any:
+    if mode != "constant" or not _has_codes(x):
+        return NotImplemented
+    return _fold(aten.constant_pad_nd.default, (x, list(pad), 0 if value is None else value), {})
+
+
+_PYTHON_FOLDS: dict[Any, Callable[..., Any]] = {
+    torch.relu: _relu_fold,
+    torch.Tensor.relu: _relu_fold,
+    torch.nn.functional.relu: _relu_fold,
+    torch.relu_: _relu_inplace_fold,
+    torch.Tensor.relu_: _relu_inplace_fold,
+    torch.nn.functional.relu_: _relu_inplace_fold,
+    torch.Tensor.__add__: _add_fold,
+    torch.Tensor.__radd__: _add_fold,
+    torch.add: _add_fold,
+    torch.Tensor.add: _add_fold,
+    torch.Tensor.__iadd__: _iadd_fold,
+    torch.Tensor.add_: _iadd_fold,
+    torch.Tensor.__getitem__: _getitem_fold,
+    torch.nn.functional.pad: _pad_fold,
+    torch._C._nn.pad: _pad_fold,
+}
+
+
+def _pad_codes(codes: torch.Tensor, pad: list[int], zero: int) -> torch.Tensor:
+    """``F.pad(codes, pad, value=zero)`` for non-negative pads, written once into a channels-last buffer (4-D)."""
+    shape = list(codes.shape)
+    index: list[slice] = [slice(None)] * len(shape)
+    for i in range(len(pad) // 2):  # pad pairs run from the last dim backwards
+        dim = len(shape) - 1 - i
+        lo, hi = pad[2 * i], pad[2 * i + 1]
+        index[dim] = slice(lo, lo + shape[dim])
+        shape[dim] += lo + hi
+    layout = torch.channels_last if codes.dim() == 4 else torch.contiguous_format
+    out = torch.empty(shape, dtype=torch.uint8, memory_format=layout).fill_(zero)
+    out[tuple(index)] = codes
+    return out
+
+
+def plain(output: Any) -> Any:
+    """``output`` with every Int8Activation in it (nested in tuples, lists, dicts) turned into a float tensor."""
+    return tree_map(lambda t: t.dequantize() if isinstance(t, Int8Activation) else t, output)
+
+
+# -- the root model's hooks ---------------------------------------------------------------------------------------
+
+
+_ENTERED = "_quanta_flow_calls"  # running flow-enabled calls of this module (a model may call itself)
+
+
+def _enter(module: nn.Module, args: Any) -> None:
+    if getattr(module, ATTRIBUTE, False):
+        _STATE.depth += 1
+        module.__dict__[_ENTERED] = module.__dict__.get(_ENTERED, 0) + 1
+
+
+def _leave(module: nn.Module, args: Any, output: Any) -> Any:
+    calls = module.__dict__.get(_ENTERED, 0)
+    if calls <= 0:
+        return None
+    module.__dict__[_ENTERED] = calls - 1
+    _STATE.depth -= 1
+    return plain(output) if _STATE.depth == 0 else None
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    return _enter in model._forward_pre_hooks.values()
+
+
+def enable(model: nn.Module, on: bool = True) -> nn.Module:
+    """Let int8 activations flow between the int8 convolutions of ``model`` in its calls (or stop it: ``on=False``).
+
+    :func:`quanta.quantize` and :func:`quanta.load` call this on the models they return when any conv runs on
+    the ``int8_conv`` kernel. Returns ``model``.
+    """
+    setattr(model, ATTRIBUTE, bool(on))
+    if on and not _has_hooks(model):
+        model.register_forward_pre_hook(_enter)
+        model.register_forward_hook(_leave, always_call=True)
+    return model
+
+
+def can_flow(model: nn.Module) -> bool:
+    """Whether any module of ``model`` runs on a kernel that takes and gives uint8 codes (``int8_conv``)."""
+    return any(getattr(getattr(m, "_kernel", None), "on_codes", None) is not None for m in model.modules())
+
+
+def is_enabled(model: nn.Module) -> bool:
+    """Whether calls of ``model`` let int8 activations flow between its convolutions."""
+    return bool(getattr(model, ATTRIBUTE, False)) and _has_hooks(model)
