@@ -13,12 +13,13 @@ a tensor that records the convolution without running it. What the model then do
 The convolution runs when its result is first read. Read by another int8 conv, it is written as uint8 at that
 conv's calibrated input scale (the rounding the conv would apply to a float input; oneDNN requantizes the int32
 sums), and that conv takes the bytes as they are, so the activation crosses no float step between the two.
-Read by anything else (pooling, a float layer, a user's op), it is computed in float: the convolution, the sum and
-the ReLU as the float model would, so numerics there are the plain kernel path's. A value is computed once; later
-readers get it in the form it was first computed in (uint8 codes are dequantized exactly for float readers).
+Read by anything else first (pooling, a float layer, a user's op), it is computed in float: the convolution, the
+sum and the ReLU as the plain kernel path computes them. A value is computed once: later readers get the form it
+was first computed in (uint8 codes dequantize exactly; a float value stays exact for every reader but int8 convs).
 
-So the only numerical change from the plain kernel path is that a tensor read by an int8 conv *and* by an add (the
-residual shortcut) is held at the conv's 8-bit input grid for the add too, as FX's int8 graphs hold it.
+So the numerical change from the plain kernel path is one rounding, where a tensor read by an int8 conv is also
+read elsewhere afterwards: by the residual add (the shortcut is summed on the conv's 8-bit grid, as FX's int8
+graphs hold it), by a float op, or as a returned output (they see the codes, within half a step of the value).
 
 Only calls of the quantized model itself (the root module :func:`enable` registers hooks on) produce these
 tensors, and every one left in the model's outputs is turned into a plain tensor before the call returns, so
@@ -87,6 +88,7 @@ class Int8Activation(torch.Tensor):
     fused_relu: bool
     nonnegative: bool  # a ReLU already applied: another one changes nothing
     viewed: bool  # its codes are a view, or have views (slices): never handed to oneDNN to overwrite
+    float_first: bool  # computed in float first: the float value is the exact one, codes a rounding of it
 
     @staticmethod
     def __new__(cls, shape: torch.Size, dtype: torch.dtype) -> Int8Activation:
@@ -97,6 +99,7 @@ class Int8Activation(torch.Tensor):
         self.size_, self.dtype_ = shape, dtype
         self.codes = self.value = self.conv = self.runner = self.x = self.accum = None
         self.scale, self.zero, self.fused_relu, self.nonnegative, self.viewed = 1.0, 0, False, False, False
+        self.float_first = False
 
     @classmethod
     def pending(
@@ -143,7 +146,7 @@ class Int8Activation(torch.Tensor):
         """``(codes, scale, zero point)``: computed as uint8 at this grid unless already computed (then as held)."""
         if self.codes is None:
             if self.value is not None:
-                self.codes = quantize_input_codes(self.value, scale, zero)
+                self.codes, self.float_first = quantize_input_codes(self.value, scale, zero), True
             else:
                 assert self.runner is not None and self.x is not None
                 acc, owned = None, False
@@ -242,8 +245,9 @@ def _mutated_args(func: Any, args: tuple[Any, ...]) -> set[int]:
 
 
 def _has_codes(t: Any) -> bool:
-    """Whether ``t`` is an Int8Activation computed as uint8 codes (by the int8 conv that read it)."""
-    return isinstance(t, Int8Activation) and t.codes is not None
+    """Whether ``t`` is an Int8Activation computed as uint8 codes first (by the int8 conv that read it); one
+    computed in float first keeps its exact float value for every op but the int8 convs."""
+    return isinstance(t, Int8Activation) and t.codes is not None and not t.float_first
 
 
 def _fold(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -260,7 +264,8 @@ def _fold(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return x._with(x.accum, relu=True)
             x.fused_relu = x.nonnegative = True
             return x
-        if x.codes is not None:
+        if _has_codes(x):
+            assert x.codes is not None
             if in_place:  # new codes: pending convs that read the old ones keep them (they read before the ReLU)
                 x.codes, x.value, x.nonnegative = x.codes.clamp_min(x.zero), None, True
                 return x

@@ -1,0 +1,288 @@
+"""int8 activations flowing between int8 convolutions (quanta.nn.int8_flow) against the plain kernel path and
+against references built from float ops: folded ReLU / sum, codes on the reading conv's grid, the fallbacks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import quanta
+from quanta.kernels.int8_conv import input_grid, int8_conv_available, quantize_input_codes
+from quanta.nn import int8_flow
+from quanta.nn.int8_flow import Int8Activation
+
+pytestmark = pytest.mark.skipif(not int8_conv_available(), reason="no oneDNN int8 conv with VNNI on this CPU")
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+class Block(nn.Module):
+    """ResNet's basic block (functional ReLUs, option-A shortcut when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.pad = (cout - cin) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(F.relu(self.conv1(x)))
+        shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
+        return F.relu(out + shortcut)
+
+
+class InPlaceBlock(Block):
+    """The same block written as torchvision writes it: in-place ReLU modules and ``out += identity``."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__(cin, cout, stride)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.conv1(x))
+        out = self.conv2(out)
+        identity = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
+        out += identity
+        return self.relu(out)
+
+
+class Net(nn.Module):
+    def __init__(self, block: type[Block] = Block) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.layers = nn.Sequential(block(16, 16, 1), block(16, 32, 2), block(32, 32, 1))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.stem(x)))
+        return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def _data(n: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _quantized(model: nn.Module, calib: torch.Tensor | None = None) -> nn.Module:
+    return quanta.quantize(model.eval(), "w8a8", calib=[_data(32, 7) if calib is None else calib])
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    return int8_flow.enable(copy.deepcopy(model), on=False)
+
+
+def test_quantize_enables_the_flow_and_outputs_are_plain_tensors() -> None:
+    q = _quantized(Net())
+    assert int8_flow.is_enabled(q)
+    with torch.no_grad():
+        y = q(_data())
+    assert type(y) is torch.Tensor
+    # Weight-only recipes have no int8 conv kernel: nothing to flow.
+    assert not int8_flow.is_enabled(quanta.quantize(Net(), "w8a16"))
+
+
+def test_codes_between_convs_are_the_reading_convs_quantization_of_the_float_value() -> None:
+    q = _quantized(Net())
+    x = _data()
+    block = q.layers[0]
+    seen: dict[str, Int8Activation] = {}
+    block.conv2.register_forward_pre_hook(lambda _m, args: seen.__setitem__("in", args[0]))
+    with torch.no_grad():
+        q(x)
+        # The float value the plain path feeds conv2: relu(conv1(relu(stem(x)))), each conv on its kernel.
+        plain = _plain(q)
+        stem_out = F.relu(plain.stem(x))
+        expected_float = F.relu(plain.layers[0].conv1(stem_out))
+    got = seen["in"]
+    assert isinstance(got, Int8Activation) and got.codes is not None  # conv2 read it as uint8 codes
+    scale, zero = input_grid(block.conv2)
+    assert (got.scale, got.zero) == (scale, zero)
+    expected = quantize_input_codes(expected_float, scale, zero)
+    diff = (got.codes.int() - expected.int()).abs()
+    # oneDNN requantizes the int32 sums in one step, torch rounds the fp32 result: at most one code apart, and
+    # only where the value falls within float rounding of a rounding boundary.
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
+
+
+def test_the_residual_sum_adds_the_shortcut_on_its_8_bit_grid() -> None:
+    q = _quantized(Net())
+    x = _data()
+    seen: dict[str, Int8Activation] = {}
+    q.layers[1].conv1.register_forward_pre_hook(lambda _m, args: seen.__setitem__("block0_out", args[0]))
+    with torch.no_grad():
+        q(x)
+        plain = _plain(q)
+        block = plain.layers[0]
+        shortcut = F.relu(plain.stem(x))  # the block's input: read by block.conv1 on its grid first
+        s_scale, s_zero = input_grid(block.conv1)
+        shortcut_q = (quantize_input_codes(shortcut, s_scale, s_zero).float() - s_zero) * s_scale
+        out = block.conv2(F.relu(block.conv1(shortcut)))
+        reference = F.relu(out.double() + shortcut_q.double())
+    got = seen["block0_out"]
+    assert got.codes is not None
+    scale, zero = input_grid(q.layers[1].conv1)  # computed on the grid of the conv that read it
+    got_values = (got.codes.double() - zero) * scale
+    # Within one step of the reference (half a step of rounding, plus float rounding at the boundary) ...
+    assert float((got_values - reference.clamp(max=(255 - zero) * scale)).abs().max()) <= scale * (1 + 1e-3)
+    # ... and most codes exact.
+    ref_codes = torch.clamp(torch.round(reference / scale) + zero, 0, 255)
+    assert float((got.codes.double() != ref_codes).double().mean()) < 0.01
+
+
+def test_flow_keeps_the_accuracy_of_the_plain_kernel_path() -> None:
+    q = _quantized(Net())
+    x = _data(64, 3)
+    with torch.no_grad():
+        flow, plain, reference = q(x), _plain(q)(x), None
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("QUANTA_KERNEL", "reference")
+            reference = q(x)
+    assert type(reference) is torch.Tensor
+    # The shortcut's 8-bit grid is the only new rounding: far below the quantization error itself.
+    err_flow = float((flow - reference).pow(2).mean() / reference.pow(2).mean())
+    err_plain = float((plain - reference).pow(2).mean() / reference.pow(2).mean())
+    assert err_flow < 1e-3 and err_plain < 1e-6
+    assert float((flow.argmax(1) == reference.argmax(1)).float().mean()) >= 0.95
+
+
+def test_in_place_relu_and_add_fold_like_the_functional_forms() -> None:
+    functional, in_place = _quantized(Net(Block)), _quantized(Net(InPlaceBlock))
+    x = _data()
+    with torch.no_grad():
+        assert torch.equal(functional(x), in_place(x))  # same weights (seeded), same folded ops
+        # On the plain path the in-place forms compute the float model's values.
+        torch.testing.assert_close(_plain(functional)(x), _plain(in_place)(x))
+
+
+class Unfolded(nn.Module):
+    """Ops quanta does not fold between two int8 convs: each is computed in float, as on the plain path."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if self.op == "sigmoid":
+            y = torch.sigmoid(y)
+        elif self.op == "mul_":
+            y.mul_(0.5)  # in place on the conv's output
+        elif self.op == "cat":
+            y = torch.cat([y[:, :4], y[:, 4:]], dim=1)
+        elif self.op == "relu_then_scale":
+            y = F.relu(y) * 2.0
+        z = self.b(y)
+        return self.c(z + y)  # a float sum: y is float here
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "mul_", "cat", "relu_then_scale"])
+def test_ops_that_are_not_folded_compute_in_float_exactly_as_the_plain_path(op: str) -> None:
+    q = _quantized(Unfolded(op), torch.randn(8, 3, 12, 12))
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(q(x), _plain(q)(x))
+
+
+def test_nested_outputs_submodule_calls_and_gradients_take_plain_tensors() -> None:
+    class TwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, object]:
+            y = F.relu(self.a(x))
+            return {"feat": y, "out": [self.b(y)]}
+
+    q = _quantized(TwoOut(), torch.randn(8, 3, 12, 12))
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        out = q(x)
+        plain = _plain(q)(x)
+        assert type(out["feat"]) is torch.Tensor and type(out["out"][0]) is torch.Tensor
+        # conv b read "feat" first, as codes on its grid: the returned value is those codes, within half a step
+        # (plus float rounding) of the plain path's float value; b's output itself is the plain path's.
+        scale, _ = input_grid(q.b)
+        assert float((out["feat"] - plain["feat"]).abs().max()) <= scale * (0.5 + 1e-3)
+        torch.testing.assert_close(out["out"][0], plain["out"][0])
+        assert type(q.a(x)) is torch.Tensor  # a submodule called on its own: no flow
+    x.requires_grad_(True)
+    q(x)["out"][0].sum().backward()  # inputs that need gradients take the reference path
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_reference_kernel_setting_and_exceptions_leave_no_flow_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    q = _quantized(Net())
+    x = _data()
+    seen: list[type] = []
+    q.stem.register_forward_hook(lambda _m, _a, y: seen.append(type(y)))
+    monkeypatch.setenv("QUANTA_KERNEL", "reference")
+    with torch.no_grad():
+        q(x)
+    monkeypatch.delenv("QUANTA_KERNEL")
+    assert seen == [torch.Tensor]
+    with pytest.raises(RuntimeError):
+        q(torch.randn(2, 5, 16, 16))  # wrong channel count: fails inside the call
+    assert not int8_flow.active()  # the failed call left the flow state clean
+    with torch.no_grad():
+        q(x)
+    assert seen[-1] is Int8Activation
+
+
+def test_save_load_deepcopy_and_pickle_keep_the_flow(tmp_path: Path) -> None:
+    q = _quantized(Net())
+    x = _data()
+    with torch.no_grad():
+        before = q(x)
+    quanta.save(q, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "quanta.json").read_text())["int8_flow"] is True
+    loaded = quanta.load(tmp_path / "m", Net())
+    for copy_ in (loaded, copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert int8_flow.is_enabled(copy_)
+        with torch.no_grad():
+            assert torch.equal(copy_(x), before)
+    quanta.save(_plain(q), tmp_path / "off")
+    assert not int8_flow.is_enabled(quanta.load(tmp_path / "off", Net()))
+
+
+def test_bf16_activations_flow_in_bf16() -> None:
+    q = _quantized(Net()).to(torch.bfloat16)
+    x = _data().bfloat16()
+    with torch.no_grad():
+        y, plain = q(x), _plain(q)(x)
+    assert y.dtype == torch.bfloat16 and type(y) is torch.Tensor
+    assert float((y.float() - plain.float()).abs().max()) < 0.1 * float(plain.float().abs().max())
+
+
+def test_an_activation_reads_like_a_float_tensor_in_hooks() -> None:
+    q = _quantized(Net())
+    x = _data()
+    stats: list[float] = []
+    q.layers[0].conv1.register_forward_hook(lambda _m, _a, y: stats.append(float(y.abs().max())))
+    with torch.no_grad():
+        q(x)
+        _plain(q)(x)
+    assert stats[0] == pytest.approx(stats[1], rel=1e-5)  # the hook computed it in float, as the plain path
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (shared real data) is not present")
+def test_resnet20_flow_accuracy_within_one_image_of_the_plain_path() -> None:
+    from quanta.eval import accuracy
+    from quanta.methods import fold_batchnorm
+    from quanta.zoo import cifar10_sample, load_pretrained
+
+    data = cifar10_sample(DATA / "cifar10_sample")
+    model = load_pretrained("resnet20", DATA / "resnet_cifar10" / "resnet20-12fca82f.th").eval()
+    fold_batchnorm(model, data["x_train"][:8])
+    quanta.quantize(model, "w8a8", calib=[data["x_train"][::4]])
+    test = (data["x_test"], data["y_test"])
+    assert int8_flow.is_enabled(model)
+    flow, plain = accuracy(model, test), accuracy(_plain(model), test)
+    assert abs(flow - plain) * len(data["y_test"]) <= 1.0 + 1e-9
