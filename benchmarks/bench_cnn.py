@@ -7,8 +7,10 @@ scheme, e.g. w8a8 convolutions, take it; the rest the reference path): read spee
 
 The latency table times the same batches (ResNet-20: 150 images, LeNet-5: 2,000) for float eager (fp32, and bf16
 for fairness), quanta w8a8 through its kernels and through the reference path (``QUANTA_KERNEL=reference``),
-quanta w8a8 with bf16 activations (``model.to(torch.bfloat16)`` and a bf16 batch: the int8 conv kernel takes
-bf16 in and writes bf16 out, so the float ops between convolutions move half the bytes), torch's FX int8 path
+quanta w8a8 with the int8 flow between its convolutions turned off (``quanta.nn.int8_flow.enable(model, False)``:
+every conv returns float, and the model's ReLUs / residual adds run in fp32), quanta w8a8 with bf16 activations
+(``model.to(torch.bfloat16)`` and a bf16 batch: the int8 conv kernel takes bf16 in and writes bf16 out, so the
+float ops between convolutions move half the bytes), torch's FX int8 path
 (``prepare_fx``/``convert_fx``, x86 backend, BatchNorm fused) and, when onnxruntime is installed, its static
 uint8 QDQ model. Candidates run in interleaved rounds (one call each per round, so machine noise hits them
 alike); the table gives the median and the best round and their ratios to fp32 float eager's. The accuracy
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quanta
 from quanta.eval import accuracy
 from quanta.methods import fold_batchnorm
+from quanta.nn import int8_flow
 from quanta.zoo import cifar10_sample, load_pretrained, mnist_test
 
 PRESETS = ("w8a16", "w8a8", "w8a8-dyn", "w4a16-g32", "w4a16-g32-adaround", "nf4-g64", "w3a16-g16", "ternary")
@@ -138,12 +141,14 @@ def _latency_candidates(
     unfolded = quanta.quantize(load_pretrained(name, path).eval(), "w8a8", calib=calib.split(500))
     fx = _torch_fx_int8(float_model, calib)
     bf16_model = copy.deepcopy(float_model).to(torch.bfloat16)
+    w8a8_no_flow = int8_flow.enable(copy.deepcopy(w8a8), on=False)  # every conv returns float, as before the flow
     w8a8_bf16 = copy.deepcopy(w8a8).to(torch.bfloat16)  # codes, scales and activation params keep their dtypes
     x_bf16 = x.bfloat16()
     candidates: dict[str, Callable[[], object]] = {
         "float eager": functools.partial(float_model, x),
         "float eager, bf16": functools.partial(bf16_model, x_bf16),
         "quanta w8a8 (BN folded)": functools.partial(w8a8, x),
+        "quanta w8a8 (BN folded), int8 flow off": functools.partial(w8a8_no_flow, x),
         "quanta w8a8 (BN folded), bf16 activations": functools.partial(w8a8_bf16, x_bf16),
         "quanta w8a8 (BN folded), reference path": _reference_path(w8a8, x),
         "quanta w8a8 (BN unfolded)": functools.partial(unfolded, x),
@@ -155,9 +160,10 @@ def _latency_candidates(
     kernels = ", ".join(sorted({str(getattr(m, "kernel", "")) for m in w8a8.modules()} - {""}))
     kernels_bf16 = ", ".join(sorted({str(getattr(m, "kernel", "")) for m in w8a8_bf16.modules()} - {""}))
     labels = {
-        "quanta w8a8 (BN folded)": kernels,
+        "quanta w8a8 (BN folded)": kernels + (" + int8 flow" if int8_flow.is_enabled(w8a8) else ""),
+        "quanta w8a8 (BN folded), int8 flow off": kernels,
         "quanta w8a8 (BN folded), bf16 activations": kernels_bf16,
-        "quanta w8a8 (BN unfolded)": kernels,
+        "quanta w8a8 (BN unfolded)": kernels + (" + int8 flow" if int8_flow.is_enabled(unfolded) else ""),
         "quanta w8a8 (BN folded), reference path": "reference",
     }
     return candidates, labels

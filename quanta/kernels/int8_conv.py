@@ -228,7 +228,8 @@ _CONSTANTS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDic
 
 def input_grid_cached(module: Any) -> tuple[float, int]:
     """:func:`input_grid`, read from the tensors once per module and again when they change."""
-    scale, zero = module.act_scale, module.act_zero
+    buffers = module._buffers  # the dict itself: nn.Module.__getattr__ costs a microsecond a name, per conv call
+    scale, zero = buffers["act_scale"], buffers["act_zero"]
     cached = _GRIDS.get(module)
     if cached is not None and cached[0] is scale and cached[1] is zero and cached[2] == (scale._version, zero._version):
         return cached[3]
@@ -243,7 +244,9 @@ _GRIDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDiction
 def _constants(module: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[Any, ...]]:
     """``(packed weight, weight scales, weight zero points, fp32 bias, geometry)`` of a conv, built once per
     module and rebuilt when its codes, scales or bias change (other objects, or written in place)."""
-    held, scale, bias = module.kernel_weight, module.weight_scale, module.bias
+    buffers = module._buffers  # the dicts themselves: nn.Module.__getattr__ costs a microsecond a name
+    held = module._held if module._held is not None else buffers["weight_codes"]
+    scale, bias = buffers["weight_scale"], module.__dict__.get("bias", module._parameters.get("bias"))
     versions = (getattr(held, "_version", 0), scale._version, None if bias is None else bias._version)
     cached = _CONSTANTS.get(module)
     if cached is not None and cached[0] is held and cached[1] is scale and cached[2] is bias and cached[3] == versions:

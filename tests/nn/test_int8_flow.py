@@ -286,3 +286,19 @@ def test_resnet20_flow_accuracy_within_one_image_of_the_plain_path() -> None:
     assert int8_flow.is_enabled(model)
     flow, plain = accuracy(model, test), accuracy(_plain(model), test)
     assert abs(flow - plain) * len(data["y_test"]) <= 1.0 + 1e-9
+
+
+def test_cached_kernel_constants_follow_changes_to_scales_and_bias(monkeypatch: pytest.MonkeyPatch) -> None:
+    q = _quantized(Net())
+    x = _data()
+    with torch.no_grad():
+        before = q(x)
+        conv = q.layers[0].conv2
+        conv.weight_scale.mul_(2.0)  # in place: the cached fp32 scales must be rebuilt
+        doubled = q(x)
+        conv.bias = nn.Parameter(conv.bias.detach() + 1.0, requires_grad=False)  # a new tensor object
+        shifted = q(x)
+        monkeypatch.setenv("QUANTA_KERNEL", "reference")  # dequantized weights from the buffers, float convs
+        expected = q(x)
+    assert not torch.equal(before, doubled) and not torch.equal(doubled, shifted)
+    torch.testing.assert_close(shifted, expected, rtol=0.05, atol=0.05)
