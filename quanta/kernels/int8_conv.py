@@ -180,17 +180,24 @@ def conv_on_codes(
     relu: bool,
     dtype: torch.dtype,
     accum_owned: bool = False,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The conv of uint8 input ``codes`` (``(n, c, h, w)``, or ``(n, c, l)`` for conv1d) on the grid
     ``(x_scale, x_zero)``: in float ``dtype`` when ``out_scale`` is None, else as uint8 codes on the grid
     ``(out_scale, out_zero)`` (oneDNN requantizes the int32 sums once), with the ReLU and the sum of ``accum``'s
     uint8 codes (on their own grid) fused when asked; oneDNN writes that result over the accumulator, so it gets
-    a copy unless ``accum_owned`` says nobody reads those codes again. The int8 flow between modules
-    (``quanta.nn.int8_flow``) uses the uint8 forms; the plain path the float one."""
+    a copy unless ``accum_owned`` says nobody reads those codes again. ``affine = (a, b)`` (per output channel)
+    gives ``a * conv + b`` instead (an inference BatchNorm folded in: ``a`` scales the weight scales, the bias
+    becomes ``a * bias + b``). The int8 flow between modules (``quanta.nn.int8_flow``) uses the uint8 forms; the
+    plain path the float one."""
     one_d = codes.dim() == 3
     if one_d:  # (n, c, l) -> (n, c, 1, l), as the weight was packed
         codes = codes.unsqueeze(2)
     packed, w_scale, w_zero, bias, geometry = _constants(module)
+    if affine is not None:
+        a, b = affine
+        w_scale = w_scale * a
+        bias = b if bias is None else torch.addcmul(b, bias, a)
     if out_scale is None and accum is None:
         # y = s_x * s_w[o] * acc + b straight to fp32, or rounded once to bf16; channels-last like the input.
         unary = "relu" if relu else "none"

@@ -8,7 +8,9 @@ a tensor that records the convolution without running it. What the model then do
 
 - ``F.relu`` / ``relu_`` / ``nn.ReLU(inplace=True)``: becomes oneDNN's fused ReLU post-op;
 - ``out + shortcut`` / ``out += shortcut`` with an int8 ``shortcut``: becomes oneDNN's fused sum post-op;
-- slicing and zero padding (ResNet's option-A shortcut) of a computed activation: done on its uint8 codes.
+- slicing and zero padding (ResNet's option-A shortcut) of a computed activation: done on its uint8 codes;
+- an inference ``BatchNorm`` (``F.batch_norm`` with running statistics, not training): folded into the conv's
+  per-channel weight scales and bias (``a * conv + b``), so models need not fold BatchNorm first.
 
 The convolution runs when its result is first read. Read by another int8 conv, it is written as uint8 at that
 conv's calibrated input scale (the rounding the conv would apply to a float input; oneDNN requantizes the int32
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +88,7 @@ class Int8Activation(torch.Tensor):
     runner: ConvRunner | None
     x: tuple[torch.Tensor, float, int] | None  # the pending conv's input: codes, scale, zero point
     accum: Int8Activation | None  # computed codes added to the conv's output (the fused sum)
+    affine: tuple[torch.Tensor, torch.Tensor] | None  # (a, b) per channel: a * conv + b (a folded BatchNorm)
     fused_relu: bool
     nonnegative: bool  # a ReLU already applied: another one changes nothing
     viewed: bool  # its codes are a view, or have views (slices): never handed to oneDNN to overwrite
@@ -97,7 +101,7 @@ class Int8Activation(torch.Tensor):
     def __init__(self, shape: torch.Size, dtype: torch.dtype) -> None:
         # Plain attributes: reading .shape / .dtype of a tensor subclass goes through __torch_function__.
         self.size_, self.dtype_ = shape, dtype
-        self.codes = self.value = self.conv = self.runner = self.x = self.accum = None
+        self.codes = self.value = self.conv = self.runner = self.x = self.accum = self.affine = None
         self.scale, self.zero, self.fused_relu, self.nonnegative, self.viewed = 1.0, 0, False, False, False
         self.float_first = False
 
@@ -123,10 +127,16 @@ class Int8Activation(torch.Tensor):
         out.codes, out.scale, out.zero, out.nonnegative = codes, scale, zero, nonnegative
         return out
 
-    def _with(self, accum: Int8Activation | None, relu: bool) -> Int8Activation:
+    def _with(
+        self,
+        accum: Int8Activation | None,
+        relu: bool,
+        affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Int8Activation:
         assert self.conv is not None and self.runner is not None and self.x is not None
         out = Int8Activation.pending(self.size_, self.dtype_, self.conv, self.runner, self.x)
         out.accum, out.fused_relu, out.nonnegative = accum, relu, relu
+        out.affine = self.affine if affine is None else affine
         return out
 
     @property
@@ -140,7 +150,7 @@ class Int8Activation(torch.Tensor):
     # -- computing ----------------------------------------------------------------------------------------------
 
     def _drop_pending(self) -> None:
-        self.conv = self.runner = self.x = self.accum = None
+        self.conv = self.runner = self.x = self.accum = self.affine = None
 
     def as_codes(self, scale: float, zero: int) -> tuple[torch.Tensor, float, int]:
         """``(codes, scale, zero point)``: computed as uint8 at this grid unless already computed (then as held)."""
@@ -155,7 +165,9 @@ class Int8Activation(torch.Tensor):
                     owned = _only_reference(accum)
                     acc = accum.held_codes()
                     del accum
-                self.codes = self.runner(self.conv, *self.x, scale, zero, acc, self.fused_relu, self.dtype_, owned)
+                self.codes = self.runner(
+                    self.conv, *self.x, scale, zero, acc, self.fused_relu, self.dtype_, owned, self.affine
+                )
                 self._drop_pending()
             self.scale, self.zero = scale, zero
         return self.codes, self.scale, self.zero
@@ -173,7 +185,9 @@ class Int8Activation(torch.Tensor):
             else:  # the conv in float, with the sum and the ReLU fused (the accumulator's exact float value)
                 assert self.runner is not None and self.x is not None
                 acc = None if self.accum is None else self.accum.held_codes()
-                self.value = self.runner(self.conv, *self.x, None, 0, acc, self.fused_relu, self.dtype_)
+                self.value = self.runner(
+                    self.conv, *self.x, None, 0, acc, self.fused_relu, self.dtype_, False, self.affine
+                )
                 self._drop_pending()
         return self.value
 
@@ -344,7 +358,60 @@ def _pad_fold(x: Any, pad: Any, mode: str = "constant", value: float | None = No
     return _fold(aten.constant_pad_nd.default, (x, list(pad), 0 if value is None else value), {})
 
 
+# id(running_var) -> (weak reference to it, (mean, weight, bias), (versions, eps), (a, b)); an entry goes when its
+# running_var does (tensors compare elementwise, so they cannot be dict keys themselves).
+_AFFINES: dict[int, tuple[Any, ...]] = {}
+
+
+def _batch_norm_affine(
+    mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` of an inference BatchNorm, ``a * x + b``, kept per BatchNorm until one of its tensors changes."""
+    tensors = (mean, weight, bias)
+    versions = tuple(None if t is None else t._version for t in (mean, var, weight, bias))
+    cached = _AFFINES.get(id(var))
+    if (
+        cached is not None
+        and cached[0]() is var
+        and all(c is t for c, t in zip(cached[1], tensors, strict=True))
+        and cached[2] == (versions, eps)
+    ):
+        return cached[3]
+    a = torch.rsqrt(var.float() + eps)
+    if weight is not None:
+        a = a * weight.float()
+    b = -a * mean.float()
+    if bias is not None:
+        b = b + bias.float()
+    key = id(var)
+    _AFFINES[key] = (weakref.ref(var, lambda _ref: _AFFINES.pop(key, None)), tensors, (versions, eps), (a, b))
+    return a, b
+
+
+def _batch_norm_fold(
+    x: Any,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Any:
+    """An inference BatchNorm right after a pending conv: folded into it, ``a * conv + b`` per channel with
+    ``a = weight / sqrt(var + eps)`` and ``b = bias - a * mean`` (the conv's weight scales and bias absorb them)."""
+    if not isinstance(x, Int8Activation) or not x.is_pending or x.accum is not None or x.fused_relu:
+        return NotImplemented
+    if training or running_mean is None or running_var is None or running_mean.numel() != x.size_[1]:
+        return NotImplemented
+    a, b = _batch_norm_affine(running_mean, running_var, weight, bias, eps)
+    if x.affine is not None:  # two in a row: a2 * (a1 * conv + b1) + b2
+        a, b = x.affine[0] * a, torch.addcmul(b, x.affine[1], a)
+    return x._with(None, relu=False, affine=(a, b))
+
+
 _PYTHON_FOLDS: dict[Any, Callable[..., Any]] = {
+    torch.nn.functional.batch_norm: _batch_norm_fold,
     torch.relu: _relu_fold,
     torch.Tensor.relu: _relu_fold,
     torch.nn.functional.relu: _relu_fold,

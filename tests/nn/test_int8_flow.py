@@ -302,3 +302,48 @@ def test_cached_kernel_constants_follow_changes_to_scales_and_bias(monkeypatch: 
         expected = q(x)
     assert not torch.equal(before, doubled) and not torch.equal(doubled, shifted)
     torch.testing.assert_close(shifted, expected, rtol=0.05, atol=0.05)
+
+
+class WithBatchNorm(nn.Module):
+    """conv -> BatchNorm -> ReLU -> conv -> BatchNorm, + shortcut: BatchNorms left unfolded, one with a negative
+    gamma (a negative factor on that channel's weight scale)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.2, 0.2)
+            self.bn2.weight[3] = -0.8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.relu(self.stem(x))
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(s)))))
+        return self.head(F.relu(out + s))
+
+
+def test_inference_batchnorm_folds_into_the_pending_conv(monkeypatch: pytest.MonkeyPatch) -> None:
+    q = _quantized(WithBatchNorm(), torch.randn(16, 3, 12, 12))
+    x = torch.randn(4, 3, 12, 12)
+    seen: list[object] = []
+    q.bn2.register_forward_hook(lambda _m, _a, y: seen.append(y))
+    with torch.no_grad():
+        flow, plain = q(x), _plain(q)(x)
+        monkeypatch.setenv("QUANTA_KERNEL", "reference")
+        reference = q(x)
+    assert isinstance(seen[0], Int8Activation) and seen[0].affine is not None  # folded into conv2, not run
+    assert type(seen[1]) is torch.Tensor  # plain path: a float BatchNorm
+    # Folding changes float rounding only. The shortcut on conv1's 8-bit grid moves the sum by at most half that
+    # step, which can move head's input code by one of its steps: bounded through head's largest |weight| row sum.
+    s1, _ = input_grid(q.conv1)
+    s_head, _ = input_grid(q.head)
+    head_gain = float(q.head.dequantized_weight(torch.float32).abs().sum(dim=(1, 2, 3)).max())
+    assert float((flow - plain).abs().max()) <= head_gain * (0.5 * s1 + s_head) * 1.01 + 1e-4
+    torch.testing.assert_close(plain, reference, rtol=1e-3, atol=1e-3)
