@@ -130,6 +130,12 @@ def _onnxruntime_qdq(model: nn.Module, calib: torch.Tensor, workdir: Path) -> Ca
     return lambda x: session.run(None, {"x": x.numpy()})
 
 
+def _kernels(model: nn.Module) -> str:
+    """The kernels a model's packed modules run on, and whether int8 activations flow between them."""
+    names = ", ".join(sorted({str(getattr(m, "kernel", "")) for m in model.modules()} - {""}))
+    return names + (" + int8 flow" if int8_flow.is_enabled(model) else "")
+
+
 def _latency_candidates(
     name: str, path: Path, calib: torch.Tensor, x: torch.Tensor, workdir: Path
 ) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
@@ -157,13 +163,11 @@ def _latency_candidates(
     ort_run = _onnxruntime_qdq(float_model, calib, workdir)
     if ort_run is not None:
         candidates["onnxruntime QDQ uint8"] = functools.partial(ort_run, x)
-    kernels = ", ".join(sorted({str(getattr(m, "kernel", "")) for m in w8a8.modules()} - {""}))
-    kernels_bf16 = ", ".join(sorted({str(getattr(m, "kernel", "")) for m in w8a8_bf16.modules()} - {""}))
     labels = {
-        "quanta w8a8 (BN folded)": kernels + (" + int8 flow" if int8_flow.is_enabled(w8a8) else ""),
-        "quanta w8a8 (BN folded), int8 flow off": kernels,
-        "quanta w8a8 (BN folded), bf16 activations": kernels_bf16,
-        "quanta w8a8 (BN unfolded)": kernels + (" + int8 flow" if int8_flow.is_enabled(unfolded) else ""),
+        "quanta w8a8 (BN folded)": _kernels(w8a8),
+        "quanta w8a8 (BN folded), int8 flow off": _kernels(w8a8_no_flow),
+        "quanta w8a8 (BN folded), bf16 activations": _kernels(w8a8_bf16),
+        "quanta w8a8 (BN unfolded)": _kernels(unfolded),
         "quanta w8a8 (BN folded), reference path": "reference",
     }
     return candidates, labels
