@@ -347,3 +347,48 @@ def test_inference_batchnorm_folds_into_the_pending_conv(monkeypatch: pytest.Mon
     head_gain = float(q.head.dequantized_weight(torch.float32).abs().sum(dim=(1, 2, 3)).max())
     assert float((flow - plain).abs().max()) <= head_gain * (0.5 * s1 + s_head) * 1.01 + 1e-4
     torch.testing.assert_close(plain, reference, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [(2, 2, 0, 1, False), (3, 3, 0, 1, False), ((2, 3), (2, 3), 0, 1, False), (3, 2, 1, 1, False), (2, 2, 0, 1, True)],
+)
+def test_max_pooling_of_codes_equals_float_max_pooling(pool: tuple[object, ...]) -> None:
+    from quanta.nn.int8_flow import _max_pool_codes
+
+    codes = torch.randint(0, 256, (3, 5, 11, 13), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    codes = codes.contiguous(memory_format=torch.channels_last)
+    expected = F.max_pool2d(codes.float(), *pool).to(torch.uint8)
+    got = _max_pool_codes(codes, pool)
+    assert torch.equal(got, expected) and got.is_contiguous(memory_format=torch.channels_last)
+
+
+class Pooled(nn.Module):
+    """LeNet's pattern (conv -> ReLU module -> MaxPool2d module -> conv), plus an overlapping pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.c1, self.relu, self.s2 = nn.Conv2d(3, 8, 5), nn.ReLU(), nn.MaxPool2d(2)
+        self.c3, self.s4 = nn.Conv2d(8, 8, 3), nn.MaxPool2d(3, stride=2, padding=1)
+        self.c5 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c5(self.s4(F.relu(self.c3(self.s2(self.relu(self.c1(x)))))))
+
+
+def test_max_pooling_folds_and_matches_the_plain_path() -> None:
+    q = _quantized(Pooled(), torch.randn(16, 3, 20, 20))
+    x = torch.randn(4, 3, 20, 20)
+    seen: dict[str, object] = {}
+    q.c3.register_forward_pre_hook(lambda _m, args: seen.setdefault("c3", args[0]))  # the first call: flow
+    with torch.no_grad():
+        flow, plain = q(x), _plain(q)(x)
+    into_c3 = seen["c3"]
+    assert isinstance(into_c3, Int8Activation) and into_c3.codes is not None and not into_c3.float_first
+    # Pooling commutes with rounding to codes, so the flow differs from the plain path only where oneDNN's
+    # requantization and torch's rounding of the fp32 result disagree (float rounding at a boundary): one code
+    # of c5's input at most, through c5's largest |weight| row sum.
+    s5, _ = input_grid(q.c5)
+    gain = float(q.c5.dequantized_weight(torch.float32).abs().sum(dim=(1, 2, 3)).max())
+    assert float((flow - plain).abs().max()) <= gain * s5 * 1.01 + 1e-5
