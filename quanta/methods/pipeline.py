@@ -85,10 +85,10 @@ class MethodPlan:
         if not transforms and not collectors:
             return  # plain RTN: the calibration data (maybe a one-shot generator) is left for the observers
         steps = self._steps()
-        example = steps[0] if steps else None
         for method in transforms:
             assert method.transform is not None
-            method.transform(model, set(self._names(method)), example)
+            names = set(self._names(method))
+            method.transform(model, {t.name: t.scheme for t in self.targets if t.name in names}, steps)
         for method in collectors:
             assert method.collect is not None
             self._stats[method.name] = method.collect(model, self._names(method), steps)

@@ -30,8 +30,9 @@ __all__ = ["Method", "Methods", "available_methods", "get_method", "parse_method
 Stage = Literal["transform", "rounding", "correction"]
 STAGES: tuple[Stage, ...] = ("transform", "rounding", "correction")
 
-Transform = Callable[[nn.Module, set[str], Any], None]
-"""``(model, layer names it applies to, example input or None)``: rewrites the float model in place."""
+Transform = Callable[[nn.Module, dict[str, QScheme | None], list[Any]], None]
+"""``(model, {layer name it applies to: that layer's weight scheme}, calibration steps)``: rewrites the float
+model in place (function-preserving transforms such as ``cle``, ``smoothquant``, ``awq``)."""
 Collect = Callable[[nn.Module, Sequence[str], list[Any]], Any]
 """``(float model, layer names, calibration steps) -> statistics`` gathered before any layer is replaced."""
 Round = Callable[[str, nn.Module, QScheme, Any], QTensor]
