@@ -1,0 +1,215 @@
+"""Scale migration into norms (quanta.methods.smoothing) and the methods built on it: SmoothQuant and AWQ, on
+random-initialised Llama models from configs and on the real stories260K (skipped without ../shared/data)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import quanta
+from quanta.codec import quantize_tensor
+from quanta.errors import QuantaError
+from quanta.methods.awq import awq_scales
+from quanta.methods.smoothing import Group, apply_scales, find_groups
+from quanta.methods.smoothquant import smoothquant_scales
+from quanta.scheme import QScheme
+
+from .conftest import DATA, needs_data
+
+transformers = pytest.importorskip("transformers")
+
+
+def _llama(seed: int = 0, outlier: float = 0.0) -> nn.Module:
+    """A 2-layer random Llama; ``outlier`` > 0 makes input channel 3 of every norm-fed layer that many times larger
+    in the activations (norm weight x outlier, the columns it feeds / outlier: the same function)."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+    if outlier:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for norm, linears in (
+                    (layer.input_layernorm, (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)),
+                    (layer.post_attention_layernorm, (layer.mlp.gate_proj, layer.mlp.up_proj)),
+                ):
+                    norm.weight[3] *= outlier
+                    for linear in linears:
+                        linear.weight[:, 3] /= outlier
+    return model
+
+
+def _steps(n: int = 4, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 96, (2, 32), generator=g) for _ in range(n)]
+
+
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n]
+
+
+def test_groups_are_the_norm_fed_layers_of_each_block() -> None:
+    model = _llama()
+    groups = {g.norm_name: sorted(g.layers) for g in find_groups(model, _linear_names(model), _steps())}
+    assert groups == {
+        f"model.layers.{i}.{norm}": sorted(f"model.layers.{i}.{p}" for p in projs)
+        for i in range(2)
+        for norm, projs in (
+            ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+        )
+    }  # o_proj (after attention) and down_proj (after the gated product) have no norm in front
+
+
+def test_group_statistics_are_those_of_the_layers_inputs() -> None:
+    model, steps = _llama(), _steps()
+    group = next(g for g in find_groups(model, _linear_names(model), steps, keep_rows=True) if "0.input" in g.norm_name)
+    inputs: list[torch.Tensor] = []
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda _m, a: inputs.append(a[0]))
+    for ids in steps:
+        _logits(model, ids)
+    handle.remove()
+    x = torch.cat([t.reshape(-1, 64) for t in inputs]).abs()
+    assert group.absmax is not None and group.absmean is not None and group.rows is not None
+    torch.testing.assert_close(group.absmax, x.amax(dim=0))
+    torch.testing.assert_close(group.absmean, x.mean(dim=0))
+    assert group.rows.shape == (x.shape[0], 64)  # fewer rows than the cap: all of them, shuffled
+
+
+def test_apply_scales_preserves_the_function_and_moves_the_scales() -> None:
+    model, steps = _llama(), _steps()
+    groups = find_groups(model, _linear_names(model), steps)
+    before = _logits(model, steps[1])
+    norm, q = model.model.layers[1].input_layernorm, model.model.layers[1].self_attn.q_proj
+    w_norm, w_q = norm.weight.detach().clone(), q.weight.detach().clone()
+    s = torch.linspace(0.5, 2.0, 64)
+    apply_scales(model, {g.norm_name: s for g in groups}, groups, steps[0])
+    torch.testing.assert_close(norm.weight.detach(), w_norm / s)
+    torch.testing.assert_close(q.weight.detach(), w_q * s)
+    torch.testing.assert_close(_logits(model, steps[1]), before, rtol=1e-4, atol=1e-4)
+
+
+class OffsetNorm(nn.Module):
+    """Gemma-style RMSNorm: the output is scaled by ``1 + weight``, not ``weight``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+
+def test_a_norm_that_does_not_scale_by_its_weight_is_refused_and_left_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), OffsetNorm(16), nn.Linear(16, 4)).eval()
+    steps = [torch.randn(5, 8)]
+    groups = find_groups(model, ["2"], steps)
+    assert [g.norm_name for g in groups] == ["1"]
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(QuantaError, match="OffsetNorm"):
+        apply_scales(model, {"1": torch.full((16,), 2.0)}, groups, steps[0])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_smoothquant_scales_equalize_activation_and_weight_ranges() -> None:
+    g = torch.Generator().manual_seed(3)
+    act, weight = torch.rand(32, generator=g) * 50 + 0.1, torch.rand(32, generator=g) + 0.01
+    s = smoothquant_scales(act, weight, alpha=0.5)
+    # alpha = 0.5: afterwards max|X_j / s_j| = max|W_j s_j| = sqrt(max|X_j| max|W_j|).
+    torch.testing.assert_close(act / s, weight * s)
+    torch.testing.assert_close(act / s, torch.sqrt(act * weight))
+    s1 = smoothquant_scales(act, weight, alpha=1.0)  # all difficulty moved to the weights: activations flat at 1
+    torch.testing.assert_close(act / s1, torch.ones(32))
+
+
+def test_smoothquant_cuts_w8a8_error_on_activation_outliers() -> None:
+    float_model, steps = _llama(outlier=60.0), _steps(8)
+    held_out = _steps(2, seed=9)
+    errors = {}
+    for preset in ("w8a8", "w8a8-smoothquant"):
+        q = quanta.quantize(copy.deepcopy(float_model), preset, steps)
+        errors[preset] = sum(float((_logits(q, ids) - _logits(float_model, ids)).pow(2).mean()) for ids in held_out)
+    assert errors["w8a8-smoothquant"] < 0.5 * errors["w8a8"]
+
+
+def _synthetic_group() -> tuple[Group, dict[str, QScheme | None]]:
+    """One norm feeding two layers; a few input channels carry most of the activation magnitude."""
+    g = torch.Generator().manual_seed(4)
+    c = 64
+    big = torch.ones(c)
+    big[:4] = 20.0
+    rows = torch.randn(2048, c, generator=g) * big
+    layers = {"a": nn.Linear(c, 48, bias=False), "b": nn.Linear(c, 32, bias=False)}
+    for layer in layers.values():
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+    group = Group("norm", nn.LayerNorm(c), layers, rows.abs().amax(0), rows.abs().mean(0), rows, rows.shape[0])
+    return group, dict.fromkeys(layers, QScheme.parse("int3:g32:asym"))
+
+
+def _output_error(group: Group, schemes: dict[str, QScheme | None], s: torch.Tensor) -> float:
+    """The search's objective computed independently: float64, each layer quantized with quantize_tensor."""
+    assert group.rows is not None
+    x = group.rows.double()
+    total = 0.0
+    for name, layer in group.layers.items():
+        w = layer.weight.detach().double()
+        scheme = schemes[name]
+        assert scheme is not None
+        w_hat = quantize_tensor((w * s.double()).float(), scheme).dequantize().double()
+        total += float((x @ w.T - (x / s.double()) @ w_hat.T).pow(2).sum())
+    return total
+
+
+def test_awq_search_beats_rtn_on_salient_channels() -> None:
+    group, schemes = _synthetic_group()
+    s, alpha = awq_scales(group, schemes)
+    rtn, awq = _output_error(group, schemes, torch.ones(64)), _output_error(group, schemes, s)
+    assert 0 < alpha <= 1
+    assert awq < 0.8 * rtn  # the salient channels are quantized more finely
+    # The chosen alpha is the grid's best by the independent objective too (within float rounding).
+    for k in range(21):
+        a = k / 20
+        sk = group.absmean.clamp(min=1e-8).pow(a)  # type: ignore[union-attr]
+        sk = sk / torch.sqrt(sk.max() * sk.min())
+        assert awq <= _output_error(group, schemes, sk) * (1 + 1e-6)
+
+
+def test_awq_keeps_the_function_before_rounding_and_composes_with_gptq(tmp_path: object) -> None:
+    float_model, steps = _llama(seed=2, outlier=8.0), _steps(8)
+    held_out = _steps(2, seed=11)
+    errors = {}
+    for preset in ("w3a16-g16", "w3a16-g16-awq", "w3a16-g16-gptq", "w3a16-g16-awq_gptq"):
+        q = quanta.quantize(copy.deepcopy(float_model), preset, steps)
+        errors[preset] = sum(float((_logits(q, ids) - _logits(float_model, ids)).pow(2).mean()) for ids in held_out)
+    assert errors["w3a16-g16-awq"] < errors["w3a16-g16"]
+    assert errors["w3a16-g16-awq_gptq"] < errors["w3a16-g16-gptq"]
+
+
+@needs_data
+def test_stories260k_awq_gptq_beats_gptq_and_rtn_perplexity() -> None:
+    from quanta.eval import mean_nll
+    from quanta.lm import calibration_windows, load_hf, tokenize_file
+
+    model, tokenizer = load_hf(DATA / "stories260K_hf")
+    ids = tokenize_file(DATA / "tinystories_val" / "tinystories_val.txt", tokenizer)
+    half = ids.numel() // 2
+    calib = list(calibration_windows(ids[:half], n=8, length=256, seed=0).split(8))
+    held_out = ids[half : half + 10_240]
+    ppl = {
+        preset: math.exp(mean_nll(quanta.quantize(copy.deepcopy(model), preset, calib), held_out, 256))
+        for preset in ("w4a16-g32", "w4a16-g32-gptq", "w4a16-g32-awq_gptq")
+    }
+    assert ppl["w4a16-g32-awq_gptq"] < ppl["w4a16-g32-gptq"] < ppl["w4a16-g32"]
