@@ -1,4 +1,5 @@
-"""stories260K (Hugging Face Llama) perplexity: float vs weight-only presets (RTN, GPTQ, HQQ, AdaRound).
+"""stories260K (Hugging Face Llama) perplexity: float vs W8A8 (plain, SmoothQuant) and weight-only presets at
+W4 g32, W3 g16 and W2 g16 (RTN, GPTQ, AWQ, AWQ + GPTQ, HQQ, AdaRound).
 
 Protocol (issue 4): tinystories_val.txt is tokenized whole without BOS and split at its middle token. Calibration
 takes 32 seeded random windows of 256 tokens from the first half; perplexity is measured on the second half
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,16 @@ import quanta
 from quanta.eval import mean_nll
 from quanta.lm import calibration_windows, load_hf, tokenize_file
 
-PRESETS = ("w8a16", "w4a16-g32", "w4a16-g32-gptq", "w4a16-g32-hqq", "w4a16-g32-adaround")
+PRESETS = (
+    "w8a16",
+    "w8a8",
+    "w8a8-smoothquant",
+    *(
+        f"w{bits}a16-g{group}{method}"
+        for bits, group in ((4, 32), (3, 16), (2, 16))
+        for method in ("", "-gptq", "-awq", "-awq_gptq", "-hqq", "-adaround")
+    ),
+)
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -52,16 +63,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     float_nll = mean_nll(model, eval_ids, args.seqlen, batch_size=64)
     float_ppl = math.exp(float_nll)
-    print(f"{'model':<22} {'ppl':>8} {'delta':>8} {'delta %':>8} {'bytes':>10} {'quantize s':>11}")
-    print(f"{'float32':<22} {float_ppl:>8.4f} {0:>8.4f} {0:>8.2f} {quanta.model_nbytes(model):>10,} {'':>11}")
+    print(f"{'model':<22} {'ppl':>8} {'delta':>8} {'delta %':>8} {'vs RTN':>8} {'bytes':>10} {'quantize s':>11}")
+    print(f"{'float32':<22} {float_ppl:>8.4f} {0:>8.4f} {0:>8.2f} {'':>8} {quanta.model_nbytes(model):>10,} {'':>11}")
+    rtn_delta: dict[str, float] = {}  # the RTN preset's perplexity increase, by bits and group ("w4a16-g32")
     for preset in args.presets.split(","):
         start = time.perf_counter()
         quantized = quanta.quantize(copy.deepcopy(model), preset, calib)
         seconds = time.perf_counter() - start
         ppl = math.exp(mean_nll(quantized, eval_ids, args.seqlen, batch_size=64))
         delta = ppl - float_ppl
+        match = re.match(r"w\d+a\d+(-dyn)?(-g\d+)?", preset)
+        base = match.group(0) if match else preset
+        if preset == base:
+            rtn_delta[base] = delta
+        # The share of RTN's perplexity increase the method removes (the issue's measure), same bits and group.
+        removed = f"{100 * (1 - delta / rtn_delta[base]):.0f}%" if preset != base and rtn_delta.get(base) else ""
         print(
-            f"{preset:<22} {ppl:>8.4f} {delta:>8.4f} {100 * delta / float_ppl:>8.2f} "
+            f"{preset:<22} {ppl:>8.4f} {delta:>8.4f} {100 * delta / float_ppl:>8.2f} {removed:>8} "
             f"{quanta.model_nbytes(quantized):>10,} {seconds:>11.1f}"
         )
     print("Command: .venv/bin/python benchmarks/bench_lm.py " + " ".join(argv if argv is not None else sys.argv[1:]))
