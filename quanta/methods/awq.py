@@ -10,8 +10,14 @@ output error of the group's layers on a sample of calibration rows ``X``::
 
 where ``Q`` is the layer's own weight scheme rounded to nearest (group sizes and all). ``alpha = 0`` is plain RTN,
 so the search never does worse than RTN on that sample. The winning scales move into the norm (function-
-preserving); the layers are then quantized by the recipe's rounding method, so ``awq_gptq`` runs GPTQ on the
-scaled weights. The paper's weight-clipping search is not part of this method yet.
+preserving).
+
+Then the weight-clipping search, for every target layer (norm-fed or not): per output row and group of ``g``
+columns, the weights are clamped to ``+-r max|w|`` for the ``r`` in 1.0, 0.95, ..., 0.5 that minimises that
+row's output error over the group's columns, ``|| X_g w_g - X_g Q(clamp(w_g))||^2`` on sampled calibration rows
+of the layer's input (``r = 1`` is no clipping, so it never loses to RTN there either). The clamped weights stay
+in the float model; the recipe's rounding method quantizes them next, so ``awq_gptq`` runs GPTQ on the scaled and
+clipped weights.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from torch import nn
 from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.methods.registry import Method, register_method
-from quanta.methods.smoothing import Group, apply_scales, find_groups
+from quanta.methods.smoothing import MAX_ROWS, Group, apply_scales, call, find_groups
 from quanta.scheme import QScheme
 
-__all__ = ["GRID", "awq_scales"]
+__all__ = ["CLIP_RATIOS", "GRID", "awq_scales", "clip_weight"]
 
 GRID = 21  # alpha in 0, 0.05, ..., 1
+CLIP_RATIOS = tuple(1.0 - 0.05 * k for k in range(11))  # 1.0, 0.95, ..., 0.5
 
 
 def _group_error(group: Group, schemes: dict[str, QScheme | None], s: torch.Tensor) -> float:
@@ -61,6 +68,80 @@ def awq_scales(group: Group, schemes: dict[str, QScheme | None]) -> tuple[torch.
     return best[2], best[1]
 
 
+def _group_width(scheme: QScheme, columns: int) -> int:
+    """Columns per group of the scheme along a row (a whole row for per-channel or per-tensor schemes)."""
+    size = scheme.group_size
+    return columns if size is None or size <= 0 or size >= columns else size
+
+
+def clip_weight(weight: torch.Tensor, x: torch.Tensor, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` (out, C) with each row's groups clamped to the searched ``+-r max|w|``, and the chosen ``r``
+    per (row, group) as a tensor ``(out, groups)``; ``x`` (rows, C) are the layer's sampled inputs."""
+    w = weight.detach().float()
+    out, columns = w.shape
+    width = _group_width(scheme, columns)
+    clipped, chosen = w.clone(), []
+    for start in range(0, columns, width):
+        w_g, x_g = w[:, start : start + width], x[:, start : start + width]  # (out, g), (rows, g)
+        target = x_g @ w_g.T  # (rows, out)
+        peak = w_g.abs().amax(dim=1, keepdim=True)  # (out, 1)
+        best_err = torch.full((out,), float("inf"), dtype=torch.float64)
+        best_r = torch.ones(out)
+        best_w = w_g
+        for r in CLIP_RATIOS:
+            limit = peak * r
+            candidate = torch.maximum(torch.minimum(w_g, limit), -limit)
+            # One group per row of this slice (a ragged last one too): the scheme's own rounding of these columns.
+            w_hat = quantize_tensor(candidate, scheme).dequantize().float()
+            err = ((x_g @ w_hat.T) - target).double().pow(2).sum(dim=0)  # (out,)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_r = torch.where(better, torch.full_like(best_r, r), best_r)
+            best_w = torch.where(better[:, None], candidate, best_w)
+        clipped[:, start : start + width] = best_w
+        chosen.append(best_r)
+    return clipped.to(weight.dtype), torch.stack(chosen, dim=1)
+
+
+def _layer_rows(model: nn.Module, layers: dict[str, nn.Linear], steps: list[Any]) -> dict[str, torch.Tensor]:
+    """A seeded sample of up to MAX_ROWS input rows of each layer over the calibration steps."""
+    generator = torch.Generator().manual_seed(1)
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    handles = []
+    for name, layer in layers.items():
+
+        def observe(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            rows[name].append(x[torch.randperm(x.shape[0], generator=generator)[:MAX_ROWS]])
+
+        handles.append(layer.register_forward_pre_hook(observe))
+    try:
+        with torch.no_grad():
+            for step in steps:
+                call(model, step)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = {}
+    for name, parts in rows.items():
+        if parts:
+            x = torch.cat(parts)
+            out[name] = x[torch.randperm(x.shape[0], generator=generator)[:MAX_ROWS]]
+    return out
+
+
+def _clip(model: nn.Module, schemes: dict[str, QScheme | None], steps: list[Any]) -> None:
+    layers = {
+        n: m for n, m in model.named_modules() if n in schemes and isinstance(m, nn.Linear) and schemes[n] is not None
+    }
+    for name, x in _layer_rows(model, layers, steps).items():
+        scheme = schemes[name]
+        assert scheme is not None
+        clipped, _ = clip_weight(layers[name].weight, x, scheme)
+        with torch.no_grad():
+            layers[name].weight.copy_(clipped)
+
+
 def _check(scheme: QScheme) -> str | None:
     if not scheme.is_integer:
         return f"awq searches scales for integer weight grids; {scheme} is not one"
@@ -77,6 +158,7 @@ def _transform(model: nn.Module, schemes: dict[str, QScheme | None], steps: list
         if alpha > 0:
             scales[group.norm_name] = s
     apply_scales(model, scales, groups, steps[0])
+    _clip(model, schemes, steps)
 
 
 register_method(

@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_leaves
 
 from quanta.errors import QuantaError
 
-__all__ = ["Group", "apply_scales", "find_groups", "is_channel_norm"]
+__all__ = ["MAX_ROWS", "Group", "apply_scales", "call", "find_groups", "is_channel_norm"]
 
 MAX_ROWS = 4096  # rows of each group's input kept for a scale search (seeded sample over all steps)
 
@@ -66,7 +66,8 @@ class Group:
     count: int = field(default=0)
 
 
-def _call(model: nn.Module, step: Any) -> Any:
+def call(model: nn.Module, step: Any) -> Any:
+    """``model`` on one calibration step (a tensor, a tuple of positional arguments or a dict of keywords)."""
     if isinstance(step, dict):
         return model(**step)
     if isinstance(step, (tuple, list)):
@@ -106,7 +107,7 @@ def find_groups(model: nn.Module, names: Iterable[str], steps: list[Any], keep_r
         handles.append(module.register_forward_pre_hook(note_input))
     try:
         with torch.no_grad():
-            _call(model, steps[0])
+            call(model, steps[0])
     finally:
         for handle in handles:
             handle.remove()
@@ -147,7 +148,7 @@ def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows:
     try:
         with torch.no_grad():
             for step in steps:
-                _call(model, step)
+                call(model, step)
     finally:
         for handle in handles:
             handle.remove()
@@ -162,7 +163,7 @@ def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows:
 
 def _outputs(model: nn.Module, step: Any) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [t.detach().clone() for t in tree_leaves(_call(model, step)) if isinstance(t, torch.Tensor)]
+        return [t.detach().clone() for t in tree_leaves(call(model, step)) if isinstance(t, torch.Tensor)]
 
 
 def apply_scales(model: nn.Module, scales: dict[str, torch.Tensor], groups: list[Group], step: Any) -> None:

@@ -213,3 +213,37 @@ def test_stories260k_awq_gptq_beats_gptq_and_rtn_perplexity() -> None:
         for preset in ("w4a16-g32", "w4a16-g32-gptq", "w4a16-g32-awq_gptq")
     }
     assert ppl["w4a16-g32-awq_gptq"] < ppl["w4a16-g32-gptq"] < ppl["w4a16-g32"]
+
+
+def test_clip_search_picks_per_row_ratios_that_lower_each_rows_error() -> None:
+    from quanta.methods.awq import CLIP_RATIOS, clip_weight
+
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(24, 40, generator=g)
+    w[::3, 5] = 9.0  # an outlier in some rows: clipping it buys resolution for the rest of that group
+    x = torch.randn(512, 40, generator=g)
+    scheme = QScheme.parse("int3:g16")  # symmetric, groups of 16, 16, 8 (ragged)
+    clipped, ratios = clip_weight(w, x, scheme)
+    assert ratios.shape == (24, 3)
+    grid = torch.tensor(CLIP_RATIOS)
+    assert bool(((ratios[..., None] - grid).abs().amin(dim=-1) < 1e-6).all())  # every choice is a grid ratio
+    assert bool((ratios < 1).any())  # some rows clip
+
+    def group_errors(weight: torch.Tensor, start: int) -> torch.Tensor:
+        """Per row, the output error of one group's columns with that slice rounded by the scheme (float64)."""
+        w_g, x_g = weight[:, start : start + 16], x[:, start : start + 16].double()
+        w_hat = quantize_tensor(w_g, scheme).dequantize().double()
+        return ((x_g @ w_hat.T) - (x_g @ w[:, start : start + 16].double().T)).pow(2).sum(dim=0)
+
+    # The objective the search minimises, per row and group: never worse than no clipping (r = 1 is a candidate),
+    # and clearly better in the rows with the outlier.
+    for start in range(0, 40, 16):
+        assert bool((group_errors(clipped, start) <= group_errors(w, start) * (1 + 1e-6) + 1e-9).all())
+    assert float(group_errors(clipped, 0)[::3].sum()) < 0.9 * float(group_errors(w, 0)[::3].sum())
+    # Clipped weights never leave the row-group's original range, and unclipped groups are untouched.
+    for k, start in enumerate(range(0, 40, 16)):
+        block, original = clipped[:, start : start + 16], w[:, start : start + 16]
+        peak = original.abs().amax(dim=1, keepdim=True)
+        assert bool((block.abs() <= peak * ratios[:, k : k + 1] + 1e-6).all())
+        keep = ratios[:, k] == 1.0
+        assert torch.equal(block[keep], original[keep])
