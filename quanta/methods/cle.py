@@ -295,10 +295,10 @@ def equalize(
     return [Equalized(a, b, totals[(a, b)].float()) for a, b in pairs]
 
 
-def _transform(model: nn.Module, schemes: dict[str, Any], steps: list[Any]) -> None:
+def _transform(model: nn.Module, targets: dict[str, Any], steps: list[Any]) -> None:
     from quanta.methods.bn_fold import fold_batchnorm
 
-    names, example = set(schemes), (steps[0] if steps else None)
+    names, example = set(targets), (steps[0] if steps else None)
 
     # Given back as it was if anything below fails: every module's parameter objects and values (folding and
     # equalizing work in place, and folding may add a bias) and the BatchNorms that folding replaces with Identity.

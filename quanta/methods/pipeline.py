@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from quanta.errors import QuantaError, UnsupportedError
-from quanta.methods.registry import Method, Methods, calibration_list, parse_methods
+from quanta.methods.registry import Method, Methods, TransformTarget, calibration_list, parse_methods
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
@@ -88,7 +88,12 @@ class MethodPlan:
         for method in transforms:
             assert method.transform is not None
             names = set(self._names(method))
-            method.transform(model, {t.name: t.scheme for t in self.targets if t.name in names}, steps)
+            plans = {
+                t.name: TransformTarget(t.scheme, self.methods[t.name].rounding)
+                for t in self.targets
+                if t.name in names
+            }
+            method.transform(model, plans, steps)
         for method in collectors:
             assert method.collect is not None
             self._stats[method.name] = method.collect(model, self._names(method), steps)

@@ -25,20 +25,36 @@ from quanta.errors import UnsupportedError
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
-__all__ = ["Method", "Methods", "available_methods", "get_method", "parse_methods", "register_method"]
+__all__ = [
+    "Method",
+    "Methods",
+    "TransformTarget",
+    "available_methods",
+    "get_method",
+    "parse_methods",
+    "register_method",
+]
 
 Stage = Literal["transform", "rounding", "correction"]
 STAGES: tuple[Stage, ...] = ("transform", "rounding", "correction")
 
-Transform = Callable[[nn.Module, dict[str, QScheme | None], list[Any]], None]
-"""``(model, {layer name it applies to: that layer's weight scheme}, calibration steps)``: rewrites the float
-model in place (function-preserving transforms such as ``cle``, ``smoothquant``, ``awq``)."""
+Transform = Callable[[nn.Module, dict[str, "TransformTarget"], list[Any]], None]
+"""``(model, {layer name it applies to: that layer's plan}, calibration steps)``: rewrites the float model in
+place (``cle``, ``smoothquant``, ``awq``)."""
 Collect = Callable[[nn.Module, Sequence[str], list[Any]], Any]
 """``(float model, layer names, calibration steps) -> statistics`` gathered before any layer is replaced."""
 Round = Callable[[str, nn.Module, QScheme, Any], QTensor]
 """``(layer name, float layer, weight scheme, statistics) -> QTensor``."""
 Correct = Callable[[nn.Module, dict[str, nn.Module], list[Any]], None]
 """``(quantized model, {name: float layer it replaced}, calibration steps)``: adjusts the model in place."""
+
+
+@dataclass(frozen=True)
+class TransformTarget:
+    """What a transform knows of one layer: its weight scheme and the rounding method that will quantize it."""
+
+    scheme: QScheme | None
+    rounding: Method
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,8 @@ class Method:
         transform / collect + round / correct: the work, as the stage asks.
         check: why a weight scheme cannot be used with this method (``None``: it can).
         layers: module types the method handles; others fall back to RTN (rounding) or are left alone.
+        fits_grid: a rounding method that chooses its own grid (range) per group (``gptq``'s error-minimising
+            search), so transforms leave clipping to it.
     """
 
     name: str
@@ -65,6 +83,7 @@ class Method:
     correct: Correct | None = None
     check: Callable[[QScheme], str | None] | None = None
     layers: tuple[type[nn.Module], ...] | None = None
+    fits_grid: bool = False
 
     def handles(self, module: nn.Module) -> bool:
         return self.layers is None or isinstance(module, self.layers)

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from quanta.methods.registry import Method, register_method
+from quanta.methods.registry import Method, TransformTarget, register_method
 from quanta.methods.smoothing import apply_scales, find_groups
-from quanta.scheme import QScheme
 
 __all__ = ["ALPHA", "smoothquant_scales"]
 
@@ -41,8 +40,8 @@ def smoothquant_scales(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, al
     return torch.where(valid, s, torch.ones_like(s)).clamp(1 / _LIMIT, _LIMIT).float()
 
 
-def _transform(model: nn.Module, schemes: dict[str, QScheme | None], steps: list[Any]) -> None:
-    groups = find_groups(model, schemes, steps)
+def _transform(model: nn.Module, targets: dict[str, TransformTarget], steps: list[Any]) -> None:
+    groups = find_groups(model, targets, steps)
     scales = {}
     for group in groups:
         assert group.absmax is not None

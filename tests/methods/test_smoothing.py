@@ -199,20 +199,24 @@ def test_awq_keeps_the_function_before_rounding_and_composes_with_gptq(tmp_path:
 
 
 @needs_data
-def test_stories260k_awq_gptq_beats_gptq_and_rtn_perplexity() -> None:
+def test_stories260k_awq_and_awq_gptq_remove_much_of_rtns_perplexity_increase() -> None:
     from quanta.eval import mean_nll
     from quanta.lm import calibration_windows, load_hf, tokenize_file
 
     model, tokenizer = load_hf(DATA / "stories260K_hf")
     ids = tokenize_file(DATA / "tinystories_val" / "tinystories_val.txt", tokenizer)
     half = ids.numel() // 2
-    calib = list(calibration_windows(ids[:half], n=8, length=256, seed=0).split(8))
-    held_out = ids[half : half + 10_240]
+    calib = list(calibration_windows(ids[:half], n=16, length=256, seed=0).split(8))
+    held_out = ids[half : half + 20_480]  # disjoint from calibration
+    base = math.exp(mean_nll(model, held_out, 256))
     ppl = {
         preset: math.exp(mean_nll(quanta.quantize(copy.deepcopy(model), preset, calib), held_out, 256))
-        for preset in ("w4a16-g32", "w4a16-g32-gptq", "w4a16-g32-awq_gptq")
+        for preset in ("w4a16-g32", "w4a16-g32-awq", "w4a16-g32-awq_gptq")
     }
-    assert ppl["w4a16-g32-awq_gptq"] < ppl["w4a16-g32-gptq"] < ppl["w4a16-g32"]
+    rtn_increase = ppl["w4a16-g32"] - base
+    assert ppl["w4a16-g32-awq"] < ppl["w4a16-g32"]
+    # The measure; BENCHMARKS.md has the full protocol (52% there), this slice measured 54%.
+    assert ppl["w4a16-g32-awq_gptq"] - base < 0.6 * rtn_increase
 
 
 def test_clip_search_picks_per_row_ratios_that_lower_each_rows_error() -> None:
@@ -247,3 +251,42 @@ def test_clip_search_picks_per_row_ratios_that_lower_each_rows_error() -> None:
         assert bool((block.abs() <= peak * ratios[:, k : k + 1] + 1e-6).all())
         keep = ratios[:, k] == 1.0
         assert torch.equal(block[keep], original[keep])
+
+
+def test_awq_clips_for_min_max_roundings_and_leaves_gptq_its_own_grid_search() -> None:
+    from quanta.methods import awq
+    from quanta.methods.registry import TransformTarget, get_method
+
+    steps = _steps(4)
+    scheme = QScheme.parse("int3:g16:asym")
+    weights = {}
+    for rounding in ("rtn", "gptq"):
+        model = _llama(seed=3)
+        names = _linear_names(model)
+        original = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+        awq._transform(model, {n: TransformTarget(scheme, get_method(rounding)) for n in names}, steps)
+        weights[rounding] = {n: model.get_submodule(n).weight.detach() for n in names}
+        # o_proj is fed by no norm: no scales, so any change there is clipping.
+        o_proj = "model.layers.0.self_attn.o_proj"
+        changed = not torch.equal(weights[rounding][o_proj], original[o_proj])
+        assert changed == (rounding == "rtn")
+
+
+def test_error_minimising_grid_is_no_worse_than_min_max_per_row() -> None:
+    from quanta.methods.gptq import NORM, _error_minimising_grid
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(16, 32, generator=g) * torch.rand(16, 1, generator=g) * 3
+    x[::4, 0] = 6.0  # rows with an outlier, where shrinking the range pays
+    blocks = x.unsqueeze(1)
+
+    def row_error(scheme: QScheme, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        q = scheme.fmt.decode(scheme.fmt.encode(blocks, params, scheme, None), params, scheme)
+        return (q - blocks).abs().pow(NORM).sum(dim=(1, 2))
+
+    for text in ("int3:g32:asym", "int4:g32", "uint4:g32:asym"):
+        scheme = QScheme.parse(text)
+        searched = row_error(scheme, _error_minimising_grid(x, scheme))
+        min_max = row_error(scheme, scheme.fmt.fit(blocks, scheme, None))
+        assert bool((searched <= min_max * (1 + 1e-6)).all())
+        assert float(searched[::4].sum()) < float(min_max[::4].sum())
