@@ -100,7 +100,10 @@ def _error_minimising_grid(x: torch.Tensor, scheme: QScheme) -> Params:
     best_err = torch.full((x.shape[0],), float("inf"))
     for factor in SHRINK:
         # The range's ends scaled by the factor: the fit sees exactly that min and max (x clamped into them).
-        params = fmt.fit(torch.maximum(torch.minimum(blocks, hi * factor), lo * factor), scheme, None)
+        with warnings.catch_warnings():
+            if factor != 1.0:  # the full range's fit warns about tiny steps once; shrunk ones would repeat it
+                warnings.simplefilter("ignore", UserWarning)
+            params = fmt.fit(torch.maximum(torch.minimum(blocks, hi * factor), lo * factor), scheme, None)
         err = (fmt.decode(fmt.encode(blocks, params, scheme, None), params, scheme) - blocks).abs().pow(NORM)
         err = err.sum(dim=(1, 2))
         better = err < best_err
