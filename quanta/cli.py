@@ -63,7 +63,7 @@ class _Out:
         import numpy as np
         import torch
 
-        self.as_json, self.quiet = as_json, quiet or as_json
+        self.as_json, self.quiet, self.seed = as_json, quiet or as_json, seed
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
@@ -287,7 +287,11 @@ class _Batches:
 @app.command()
 def quantize(
     model: Annotated[
-        str, typer.Argument(help="zoo:NAME=PATH: a zoo model (lenet5, resnet20..56) and its local state_dict file.")
+        str,
+        typer.Argument(
+            help="zoo:NAME=PATH (a zoo model: lenet5, resnet20..56, and its local state_dict file) or the local "
+            "directory of a transformers model."
+        ),
     ],
     recipe: Annotated[
         str, typer.Option("--recipe", "-r", help="A preset (w8a16, w8a8, w4a16-g128, ...) or a recipe JSON file.")
@@ -295,7 +299,14 @@ def quantize(
     output: Annotated[Path, typer.Option("--output", "-o", help="The directory to write (quanta.save layout).")],
     calib: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="An .npz with an array x of NCHW float images to calibrate activations on."),
+        typer.Option(
+            help="Zoo models: an .npz with an array x of NCHW float images. Language models: a UTF-8 text file."
+        ),
+    ] = None,
+    nsamples: Annotated[int, typer.Option(min=1, help="Language models: calibration windows.")] = 128,
+    seqlen: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=2, help="Language models: tokens per window (default: min(2048, the context))."),
     ] = None,
     eval_data: Annotated[
         Optional[Path],  # noqa: UP045
@@ -324,6 +335,11 @@ def quantize(
     from quanta.zoo import load_pretrained
 
     out = _Out(as_json, quiet, seed)
+    if Path(model).is_dir():  # a transformers model directory
+        from quanta.cli_lm import quantize_hf
+
+        quantize_hf(Path(model), recipe, output, calib, nsamples, seqlen, overwrite, out)
+        return
     start = time.perf_counter()
     with _errors():
         # Everything that can be checked cheaply is checked before any work.
@@ -547,3 +563,6 @@ def _points(base: Any, rows: list[Any]) -> list[tuple[str, int, float]]:
 
 if __name__ == "__main__":
     app()
+
+
+from quanta import cli_lm  # noqa: E402, F401  (registers eval and generate on the app)

@@ -25,8 +25,8 @@ def parse_model(spec: str) -> tuple[str, Path]:
     name, _, path = rest.partition("=")
     if kind != "zoo" or not name or not path:
         raise QuantaError(
-            f"MODEL {spec!r} is not of the form zoo:NAME=PATH (e.g. zoo:lenet5=mnist_cnn.pt); "
-            f"NAME is one of {', '.join(ZOO_INPUTS)}."
+            f"MODEL {spec!r} is neither a transformers model directory nor of the form zoo:NAME=PATH (e.g. "
+            f"zoo:lenet5=mnist_cnn.pt); NAME is one of {', '.join(ZOO_INPUTS)}."
         )
     if name not in ZOO_INPUTS:
         raise QuantaError(f"unknown zoo model {name!r} in {spec!r}; available: {', '.join(ZOO_INPUTS)}.")
