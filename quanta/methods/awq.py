@@ -31,7 +31,7 @@ from torch import nn
 from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.methods.registry import Method, TransformTarget, register_method
-from quanta.methods.smoothing import MAX_ROWS, Group, apply_scales, call, find_groups
+from quanta.methods.smoothing import MAX_ROWS, Group, apply_scales, find_groups, run_steps
 from quanta.scheme import QScheme
 
 __all__ = ["CLIP_RATIOS", "GRID", "awq_scales", "clip_weight"]
@@ -116,13 +116,7 @@ def _layer_rows(model: nn.Module, layers: dict[str, nn.Linear], steps: list[Any]
             rows[name].append(x[torch.randperm(x.shape[0], generator=generator)[:MAX_ROWS]])
 
         handles.append(layer.register_forward_pre_hook(observe))
-    try:
-        with torch.no_grad():
-            for step in steps:
-                call(model, step)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_steps(model, steps, handles)
     out = {}
     for name, parts in rows.items():
         if parts:

@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_leaves
 
 from quanta.errors import QuantaError
 
-__all__ = ["MAX_ROWS", "Group", "apply_scales", "call", "find_groups", "is_channel_norm"]
+__all__ = ["MAX_ROWS", "Group", "apply_scales", "call", "find_groups", "is_channel_norm", "run_steps"]
 
 MAX_ROWS = 4096  # rows of each group's input kept for a scale search (seeded sample over all steps)
 
@@ -145,13 +145,7 @@ def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows:
                 sampled[group.norm_name].append(args[0].detach().reshape(-1, x.shape[1])[take].float())
 
         handles.append(first.register_forward_pre_hook(observe))
-    try:
-        with torch.no_grad():
-            for step in steps:
-                call(model, step)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_steps(model, steps, handles)
     for group in groups:
         if group.absmean is not None:
             group.absmean = group.absmean / max(group.count, 1)
@@ -159,6 +153,17 @@ def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows:
             rows = torch.cat(sampled[group.norm_name])
             pick = torch.randperm(rows.shape[0], generator=generator)[:MAX_ROWS]
             group.rows = rows[pick]
+
+
+def run_steps(model: nn.Module, steps: list[Any], handles: list[Any]) -> None:
+    """Run every calibration step through ``model`` without gradients, then remove the hooks ``handles``."""
+    try:
+        with torch.no_grad():
+            for step in steps:
+                call(model, step)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _outputs(model: nn.Module, step: Any) -> list[torch.Tensor]:
