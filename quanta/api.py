@@ -28,7 +28,7 @@ from quanta.primitives.checks import check_finite
 from quanta.recipe import Recipe, Rule, resolve_recipe
 from quanta.tensor import QTensor
 
-__all__ = ["model_nbytes", "quantize"]
+__all__ = ["model_nbytes", "quantize", "quantize_resolved"]
 
 
 @dataclass(frozen=True)
@@ -179,12 +179,24 @@ def quantize(
         ('QuantLinear', 'int4:g32:asym:sf16')
     """
     from_preset = isinstance(recipe, str) and not recipe.endswith(".json")
-    resolved = resolve_recipe(recipe)
+    return quantize_resolved(model, resolve_recipe(recipe), calib, progress=progress, check_rules=not from_preset)
+
+
+def quantize_resolved(
+    model: nn.Module,
+    resolved: Recipe,
+    calib: Iterable[Any] | None = None,
+    *,
+    progress: bool = False,
+    check_rules: bool = True,
+) -> nn.Module:
+    """:func:`quantize` with the recipe already resolved; ``check_rules=False`` lets rules match no module here
+    (presets' generic rules, or a part of a model quantized on its own, as the sequential LM pipeline does)."""
     steps, unsupported = _plan(model, resolved)
     fingerprint = calib_module.Fingerprint()
     if calib is not None:
         calib = fingerprint.wrap(calib)  # hashed as it is read, for quanta.json's provenance
-    plan = _validate(model, resolved, steps, from_preset, calib)
+    plan = _validate(model, resolved, steps, not check_rules, calib)
     calib = plan.calib  # read once into a list when methods make several passes
     plan.before(model)  # transforms (cle) on the float model; rounding methods gather their statistics
     observers = _calibrate(model, steps, calib)  # runs the float model; no module is swapped yet

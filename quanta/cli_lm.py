@@ -2,10 +2,10 @@
 
 ``quanta quantize SRC_DIR -r PRESET --calib FILE.txt -o OUT_DIR`` tokenizes the whole calibration file without BOS,
 takes ``--nsamples`` seeded windows of ``--seqlen`` tokens (default: 128 windows of min(2048, the context)),
-quantizes, saves (config.json and the tokenizer files beside model.safetensors + quanta.json), reloads ``OUT_DIR``
-with ``quanta.load`` alone and checks that it gives the same logits. ``quanta eval DIR --ppl FILE.txt [--ref
-SRC_DIR]`` prints perplexity (and, against the float reference, mean KL and top-1 agreement);
-``quanta generate DIR --prompt TEXT`` prints greedy text.
+quantizes block by block (``quanta.lm.quantize_sequential``), saves (config.json and the tokenizer files beside
+model.safetensors + quanta.json), reloads ``OUT_DIR`` with ``quanta.load`` alone and checks that it gives the same
+logits. ``quanta eval DIR --ppl FILE.txt [--ref SRC_DIR]`` prints perplexity (and, against the float reference,
+mean KL and top-1 agreement); ``quanta generate DIR --prompt TEXT`` prints greedy text.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from quanta.cli import JsonOpt, QuietOpt, SeedOpt, _Batches, _errors, _numbers_table, _Out, app
+from quanta.cli import JsonOpt, QuietOpt, SeedOpt, _errors, _numbers_table, _Out, app
 from quanta.errors import QuantaError
 
 __all__ = ["quantize_hf"]
@@ -53,7 +53,7 @@ def quantize_hf(
 
     import quanta
     from quanta.eval import layer_errors
-    from quanta.lm import calibration_windows, tokenize_file
+    from quanta.lm import calibration_windows, quantize_sequential, tokenize_file
     from quanta.methods.registry import get_method
     from quanta.nn.base import QuantModule
     from quanta.recipe import resolve_recipe
@@ -93,9 +93,10 @@ def quantize_hf(
         reference = copy.deepcopy(model)
         float_nbytes = quanta.model_nbytes(model)
         quantize_start = time.perf_counter()
-        quanta.quantize(
-            model, recipe, calib=_Batches(batches, not out.quiet) if batches else None, progress=not out.quiet
-        )
+        if batches:  # block by block, each block calibrated on the quantized blocks' outputs before it
+            quantize_sequential(model, recipe, batches, progress=not out.quiet)
+        else:
+            quanta.quantize(model, recipe, progress=not out.quiet)
         quantize_seconds = time.perf_counter() - quantize_start
         quanta.save(model, output, overwrite=overwrite, tokenizer=tokenizer)
         loaded = quanta.load(output)
