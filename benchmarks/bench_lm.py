@@ -6,7 +6,8 @@ takes 32 seeded random windows of 256 tokens from the first half; perplexity is 
 (disjoint from calibration) over non-overlapping 256-token windows. Every nn.Linear in the decoder blocks is
 quantized; the presets keep the (tied) embeddings and lm_head in float. Bytes are quanta.model_nbytes.
 
-    .venv/bin/python benchmarks/bench_lm.py [--data ../shared/data] [--quick]
+    .venv/bin/python benchmarks/bench_lm.py [--data ../shared/data] [--quick] [--presets a,b] [--sequential]
+        [--shift wiki-to-stories | stories-to-wiki]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 import quanta
 from quanta.eval import mean_nll
-from quanta.lm import calibration_windows, load_hf, tokenize_file
+from quanta.lm import calibration_windows, load_hf, quantize_sequential, tokenize_file
 
 PRESETS = (
     "w8a16",
@@ -45,22 +46,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--quick", action="store_true", help="4 calibration windows, 20,000 evaluation tokens")
+    parser.add_argument(
+        "--shift",
+        choices=("none", "wiki-to-stories", "stories-to-wiki"),
+        default="none",
+        help="calibration-domain shift: calibrate on wikitext2_test and evaluate on tinystories' second half, or "
+        "calibrate on tinystories' first half and evaluate on wikitext2_test",
+    )
+    parser.add_argument("--sequential", action="store_true", help="quantize block by block (quantize_sequential)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, tokenizer = load_hf(args.data / "stories260K_hf")
     ids = tokenize_file(args.data / "tinystories_val" / "tinystories_val.txt", tokenizer)
     half = ids.numel() // 2
     calib_ids, eval_ids = ids[:half], ids[half:]
+    names = ("tinystories_val first half", "tinystories_val second half")
+    if args.shift != "none":
+        wiki = tokenize_file(args.data / "wikitext2_test" / "wiki.test.raw", tokenizer)
+        if args.shift == "wiki-to-stories":
+            calib_ids, names = wiki, ("wikitext2_test", names[1])
+        else:
+            eval_ids, names = wiki, (names[0], "wikitext2_test")
     nsamples = 4 if args.quick else args.nsamples
     if args.quick:
         eval_ids = eval_ids[:20_000]
     windows = calibration_windows(calib_ids, n=nsamples, length=args.seqlen, seed=0)  # (n, seqlen)
     calib = list(windows.split(8))  # batches of 8 windows
     print(
-        f"stories260K_hf, tinystories_val: calibration {nsamples} x {args.seqlen} tokens from the first half "
-        f"({half:,} tokens), evaluation on the second half ({eval_ids.numel():,} tokens, "
-        f"{eval_ids.numel() // args.seqlen:,} windows of {args.seqlen})"
+        f"stories260K_hf: calibration {nsamples} x {args.seqlen} tokens from {names[0]} ({calib_ids.numel():,} "
+        f"tokens), evaluation on {names[1]} ({eval_ids.numel():,} tokens, {eval_ids.numel() // args.seqlen:,} "
+        f"windows of {args.seqlen}){', block by block' if args.sequential else ''}"
     )
+    quantize_fn = quantize_sequential if args.sequential else quanta.quantize
     float_nll = mean_nll(model, eval_ids, args.seqlen, batch_size=64)
     float_ppl = math.exp(float_nll)
     print(f"{'model':<22} {'ppl':>8} {'delta':>8} {'delta %':>8} {'vs RTN':>8} {'bytes':>10} {'quantize s':>11}")
@@ -68,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     rtn_delta: dict[str, float] = {}  # the RTN preset's perplexity increase, by bits and group ("w4a16-g32")
     for preset in args.presets.split(","):
         start = time.perf_counter()
-        quantized = quanta.quantize(copy.deepcopy(model), preset, calib)
+        quantized = quantize_fn(copy.deepcopy(model), preset, calib)
         seconds = time.perf_counter() - start
         ppl = math.exp(mean_nll(quantized, eval_ids, args.seqlen, batch_size=64))
         delta = ppl - float_ppl

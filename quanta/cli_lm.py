@@ -153,6 +153,10 @@ def eval_lm(
         typer.Option(min=2, help="Evaluate only the first N tokens of the file."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 16,
+    kv_bits: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--kv-bits", help="Run through an int8 / int4 KV cache (default: the recipe's +kvN, if any)."),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     seed: SeedOpt = 0,
@@ -161,6 +165,7 @@ def eval_lm(
     import quanta
     from quanta.eval import mean_nll, next_token_agreement
     from quanta.lm import tokenize_file
+    from quanta.lm.kv_cache import kv_bits_of, with_kv_cache
 
     out = _Out(as_json, quiet, seed)
     start = time.perf_counter()
@@ -171,14 +176,17 @@ def eval_lm(
         if max_tokens is not None:
             ids = ids[:max_tokens]
         window = _window(net, seqlen)
+        bits = kv_bits if kv_bits is not None else kv_bits_of(net)
         with out.status("scoring..."):
-            nll = mean_nll(net, ids, window, batch_size=batch_size)
+            nll = mean_nll(with_kv_cache(net, bits), ids, window, batch_size=batch_size)
         agreement = None
         ref_nll = None
         if ref is not None:
             with out.status(f"loading {ref} and comparing..."):
                 reference, _ = _model_and_tokenizer(ref)
-                agreement = next_token_agreement(reference, net, ids, window, batch_size=batch_size)
+                agreement = next_token_agreement(
+                    reference, with_kv_cache(net, bits), ids, window, batch_size=batch_size
+                )
                 ref_nll = mean_nll(reference, ids, window, batch_size=batch_size)
     result: dict[str, Any] = {
         "model": model,
@@ -188,6 +196,7 @@ def eval_lm(
         "nll": nll,
         "perplexity": math.exp(nll),
         "nbytes": quanta.model_nbytes(net),
+        "kv_bits": bits,
         "reference": None
         if agreement is None or ref_nll is None
         else {
@@ -202,7 +211,7 @@ def eval_lm(
     out.json(result)
     out.print(
         f"{model}: perplexity {math.exp(nll):.4f} (mean NLL {nll:.4f} nats) on {ids.numel():,} tokens of {ppl}, "
-        f"windows of {window}"
+        f"windows of {window}{'' if bits is None else f', int{bits} KV cache'}"
     )
     if agreement is not None and ref_nll is not None:
         out.print(
@@ -224,6 +233,8 @@ def generate(
     """Greedy continuation of a prompt (deterministic: the same model and prompt give the same tokens)."""
     import torch
 
+    from quanta.lm.kv_cache import kv_bits_of, quantized_kv_cache
+
     out = _Out(as_json, quiet, seed)
     start = time.perf_counter()
     with _errors():
@@ -232,9 +243,12 @@ def generate(
         if not hasattr(net, "generate"):
             raise QuantaError(f"{model} is not a generative model (no generate); use quanta eval for encoders.")
         ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.int64)
+        bits = kv_bits_of(net)
+        cache = {} if bits is None else {"cache": quantized_kv_cache(bits)}  # the recipe's +kvN
         with torch.no_grad():
             tokens = net.generate(
                 ids,
+                **cache,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
@@ -243,6 +257,6 @@ def generate(
         new = tokens[0, ids.shape[1] :].tolist()
         text = tokenizer.decode(new, skip_special_tokens=True)
     seconds = time.perf_counter() - start
-    out.json({"model": model, "prompt": prompt, "tokens": new, "text": text, "seconds": seconds})
+    out.json({"model": model, "prompt": prompt, "tokens": new, "text": text, "kv_bits": bits, "seconds": seconds})
     out.print(f"{prompt}{text}")
     out.note(f"{len(new)} tokens from {model} (greedy), {seconds:.1f} s")
