@@ -11,7 +11,7 @@ from torch import nn
 
 from quanta.errors import QuantaError
 
-__all__ = ["Fingerprint", "inputs", "run"]
+__all__ = ["Fingerprint", "call_step", "inputs", "run"]
 
 
 def inputs(loader: Iterable[Any]) -> Iterator[Any]:
@@ -26,6 +26,27 @@ def inputs(loader: Iterable[Any]) -> Iterator[Any]:
         yield item[0] if isinstance(item, (tuple, list)) and len(item) == 2 else item
 
 
+def call_step(model: nn.Module, item: Any, index: int = 0) -> Any:
+    """``model`` on one calibration step (a tensor, a tuple or list of positional arguments, or a dict of keyword
+    arguments), returning its output.
+
+    Raises:
+        QuantaError: the step does not fit ``model.forward`` (wrong types, shapes, or token ids out of range).
+    """
+    try:
+        if isinstance(item, dict):
+            return model(**item)
+        if isinstance(item, (tuple, list)):
+            return model(*item)
+        return model(item)
+    except (TypeError, RuntimeError, IndexError) as exc:
+        shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+        raise QuantaError(
+            f"calibration step {index} ({shape}) does not fit {type(model).__name__}.forward: {exc}. "
+            "If your loader yields (inputs, labels) pairs, pass quanta.calib.inputs(loader)."
+        ) from exc
+
+
 def run(model: nn.Module, calib: Iterable[Any]) -> int:
     """Run every calibration step through ``model`` (no gradients) and return how many ran.
 
@@ -38,19 +59,7 @@ def run(model: nn.Module, calib: Iterable[Any]) -> int:
     steps = 0
     with torch.no_grad():
         for item in calib:
-            try:
-                if isinstance(item, dict):
-                    model(**item)
-                elif isinstance(item, (tuple, list)):
-                    model(*item)
-                else:
-                    model(item)
-            except (TypeError, RuntimeError) as exc:
-                shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-                raise QuantaError(
-                    f"calibration step {steps} ({shape}) does not fit {type(model).__name__}.forward: {exc}. "
-                    "If your loader yields (inputs, labels) pairs, pass quanta.calib.inputs(loader)."
-                ) from exc
+            call_step(model, item, steps)
             steps += 1
     if steps == 0:
         raise QuantaError("the calibration data is empty; pass at least one batch of inputs.")

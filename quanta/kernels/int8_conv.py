@@ -278,7 +278,9 @@ def _constants(module: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tens
 
 def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d, raw fp32 or bf16 input
     scale, zero = input_grid(module)
-    return conv_on_codes(module, quantize_input_codes(x, scale, zero), scale, zero, None, 0, None, False, x.dtype)
+    y = conv_on_codes(module, quantize_input_codes(x, scale, zero), scale, zero, None, 0, None, False, x.dtype)
+    # oneDNN writes channels-last; an NCHW input gets NCHW back, as torch's conv gives it (views stay valid).
+    return y if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
 
 
 def _kernel(op: str, applies: Any) -> Kernel:

@@ -40,7 +40,7 @@ def quantize_kv(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]
     Example:
         >>> codes, scales = quantize_kv(torch.tensor([[1.0, -0.5, 0.25, 0.0]]), 8)
         >>> codes.tolist(), scales.float().item()
-        ([[127, -64, 32, 0]], 0.0078735...)
+        ([[127, -64, 32, 0]], 0.00787353515625)
     """
     if bits not in (4, 8):
         raise UnsupportedError(f"KV-cache codes are 8 or 4 bits, got {bits}: use +kv8 or +kv4.")

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from quanta.errors import QuantaError
 from quanta.kernels.int8_conv import quantize_input_codes
 
 __all__ = ["Int8Activation", "active", "can_flow", "enable", "is_enabled", "plain"]
@@ -63,6 +64,11 @@ _STATE = _State()
 def active() -> bool:
     """True inside a call of a flow-enabled quantized model (and not while torch.compile traces it)."""
     return _STATE.depth > 0 and not torch.compiler.is_compiling()
+
+
+def _channels_last_strides(shape: torch.Size) -> tuple[int, ...]:
+    _, c, h, w = shape
+    return (h * w * c, 1, w * c, c)
 
 
 # -- the deferred tensor ------------------------------------------------------------------------------------------
@@ -88,7 +94,7 @@ class Int8Activation(torch.Tensor):
     conv: nn.Module | None
     runner: ConvRunner | None
     x: tuple[torch.Tensor, float, int] | None  # the pending conv's input: codes, scale, zero point
-    accum: Int8Activation | None  # computed codes added to the conv's output (the fused sum)
+    accum: tuple[torch.Tensor, float, int] | None  # codes, scale, zero point added to the conv's output (fused sum)
     affine: tuple[torch.Tensor, torch.Tensor] | None  # (a, b) per channel: a * conv + b (a folded BatchNorm)
     pool: tuple[Any, ...] | None  # max pooling after the conv, sum and ReLU: F.max_pool2d's arguments
     fused_relu: bool
@@ -98,7 +104,10 @@ class Int8Activation(torch.Tensor):
 
     @staticmethod
     def __new__(cls, shape: torch.Size, dtype: torch.dtype) -> Int8Activation:
-        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=torch.device("cpu"))
+        # The strides of what it holds (channels-last codes and values for 4-D), so that reshapes and views of it
+        # behave as they would on its float value.
+        strides = _channels_last_strides(shape) if len(shape) == 4 else None
+        return torch.Tensor._make_wrapper_subclass(cls, shape, strides=strides, dtype=dtype, device=torch.device("cpu"))
 
     def __init__(self, shape: torch.Size, dtype: torch.dtype) -> None:
         # Plain attributes: reading .shape / .dtype of a tensor subclass goes through __torch_function__.
@@ -131,7 +140,7 @@ class Int8Activation(torch.Tensor):
 
     def _with(
         self,
-        accum: Int8Activation | None,
+        accum: tuple[torch.Tensor, float, int] | None,
         relu: bool,
         affine: tuple[torch.Tensor, torch.Tensor] | None = None,
         pool: tuple[tuple[Any, ...], torch.Size] | None = None,
@@ -150,6 +159,12 @@ class Int8Activation(torch.Tensor):
     def is_pending(self) -> bool:
         return self.conv is not None
 
+    def numpy(self, *args: Any, **kwargs: Any) -> Any:
+        return self.dequantize().numpy(*args, **kwargs)
+
+    def tolist(self) -> Any:
+        return self.dequantize().tolist()
+
     def __repr__(self) -> str:  # type: ignore[override]
         state = "pending conv" if self.is_pending else ("uint8" if self.codes is not None else "float")
         return f"Int8Activation(shape={tuple(self.size_)}, {state})"
@@ -166,12 +181,10 @@ class Int8Activation(torch.Tensor):
                 self.codes, self.float_first = quantize_input_codes(self.value, scale, zero), True
             else:
                 assert self.runner is not None and self.x is not None
-                acc, owned = None, False
-                if self.accum is not None:
-                    accum, self.accum = self.accum, None
-                    owned = _only_reference(accum)
-                    acc = accum.held_codes()
-                    del accum
+                acc, owned = self.accum, False
+                if acc is not None:
+                    self.accum = None
+                    owned = _only_reference(acc[0])
                 codes = self.runner(
                     self.conv, *self.x, scale, zero, acc, self.fused_relu, self.dtype_, owned, self.affine
                 )
@@ -193,7 +206,7 @@ class Int8Activation(torch.Tensor):
                 self.value = self.codes.to(torch.float32).sub_(self.zero).mul_(self.scale).to(self.dtype_)
             else:  # the conv in float, with the sum and the ReLU fused (the accumulator's exact float value)
                 assert self.runner is not None and self.x is not None
-                acc = None if self.accum is None else self.accum.held_codes()
+                acc = self.accum
                 value = self.runner(self.conv, *self.x, None, 0, acc, self.fused_relu, self.dtype_, False, self.affine)
                 self.value = value if self.pool is None else torch.nn.functional.max_pool2d(value, *self.pool)
                 self._drop_pending()
@@ -231,6 +244,12 @@ class Int8Activation(torch.Tensor):
         if folded is not NotImplemented:
             return folded
         mutated = _mutated_args(func, args)
+        if any(isinstance(a, cls) and id(a) in mutated and a.viewed for a in args):
+            raise QuantaError(
+                f"{func} writes in place into a slice of an int8 activation (or an activation that has slices); "
+                "int8 activations hold no shared float storage for that. Turn the int8 flow off for this model: "
+                "quanta.nn.int8_flow.enable(model, False)."
+            )
         unwrapped_args, unwrapped_kwargs = tree_map(
             lambda t: t._become_float() if id(t) in mutated else (t.dequantize() if isinstance(t, cls) else t),
             (args, kwargs),
@@ -241,19 +260,18 @@ class Int8Activation(torch.Tensor):
         return out
 
 
-def _only_reference(accum: Int8Activation) -> bool:
-    """Whether the caller's local ``accum`` is the last reference to it and to its codes, which are no view and
-    have none: then oneDNN may write the conv's output over them (its sum post-op) instead of over a copy.
+def _only_reference(codes: torch.Tensor) -> bool:
+    """Whether the accumulator ``codes`` (held by the caller's tuple only) is the last reference to its storage,
+    so that oneDNN's sum post-op may write the conv's output over it instead of over a copy.
 
-    CPython's reference counts are exact: 2 is the caller's local plus ``getrefcount``'s argument, and ``codes``
-    is held by ``accum`` alone (plus the argument). Anything else holding either (a caller's variable, another
-    pending conv reading the codes) makes the count higher, and the codes are copied."""
-    return (
-        not accum.viewed
-        and accum.codes is not None
-        and sys.getrefcount(accum) == 3  # the caller's local, this frame's argument, getrefcount's argument
-        and sys.getrefcount(accum.codes) == 2  # accum.codes, getrefcount's argument
-    )
+    Python's reference count of the tensor (the caller's tuple, this argument, getrefcount's own: 3) and
+    the storage's use count (one tensor, plus the temporary storage object asked for here) are exact: a caller's
+    variable, another pending conv or any view of the bytes (a slice, a pooled view) makes one of them higher, and
+    the codes are copied. Where torch lacks the use count, they are always copied."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None or sys.getrefcount(codes) > 3:
+        return False
+    return bool(use_count(codes.untyped_storage()._cdata) == 2)
 
 
 def _mutated_args(func: Any, args: tuple[Any, ...]) -> set[int]:
@@ -288,6 +306,11 @@ def _fold(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             return x
         if _has_codes(x):
             assert x.codes is not None
+            if in_place and x.viewed:
+                raise QuantaError(
+                    "relu_ in place on a slice of an int8 activation (or one that has slices) cannot reach the "
+                    "other views; turn the int8 flow off for this model: quanta.nn.int8_flow.enable(model, False)."
+                )
             if in_place:  # new codes: pending convs that read the old ones keep them (they read before the ReLU)
                 x.codes, x.value, x.nonnegative = x.codes.clamp_min(x.zero), None, True
                 return x
@@ -309,9 +332,10 @@ def _fold(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 and conv_out.pool is None
                 and _has_codes(shortcut)
             ):
+                snapshot = shortcut.held_codes()  # the bytes now: later in-place ops on the shortcut rebind its codes
                 if not in_place:
-                    return conv_out._with(shortcut, relu=False)
-                conv_out.accum = shortcut
+                    return conv_out._with(snapshot, relu=False)
+                conv_out.accum = snapshot
                 return conv_out
         return NotImplemented
     if func is aten.slice.Tensor and _has_codes(args[0]):
@@ -330,24 +354,31 @@ def _fold(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return NotImplemented
 
 
-def _relu_fold(x: Any, inplace: bool = False) -> Any:
-    if not isinstance(x, Int8Activation):
+def _relu_fold(*args: Any, **kwargs: Any) -> Any:
+    x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    if not isinstance(x, Int8Activation) or set(kwargs) - {"input", "self", "inplace"}:
         return NotImplemented
+    inplace = bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
     return _fold(aten.relu_.default if inplace else aten.relu.default, (x,), {})
 
 
-def _relu_inplace_fold(x: Any) -> Any:
-    return _relu_fold(x, inplace=True)
+def _relu_inplace_fold(*args: Any, **kwargs: Any) -> Any:
+    return _relu_fold(*args, **{**kwargs, "inplace": True})
 
 
-def _add_fold(a: Any, b: Any, alpha: Any = 1, inplace: bool = False) -> Any:
-    if alpha != 1:
+def _add_fold(*args: Any, inplace: bool = False, **kwargs: Any) -> Any:
+    """``a + b`` / ``torch.add(a, b)`` / ``a.add(other=b)``: alpha 1 and no ``out=`` only."""
+    if set(kwargs) - {"input", "self", "other", "alpha"} or kwargs.get("alpha", 1) != 1:
+        return NotImplemented
+    a = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    if len(args) > 2 and args[2] != 1:  # torch.add(a, b, alpha) positionally
         return NotImplemented
     return _fold(aten.add_.Tensor if inplace else aten.add.Tensor, (a, b), {})
 
 
-def _iadd_fold(a: Any, b: Any, alpha: Any = 1) -> Any:
-    return _add_fold(a, b, alpha, inplace=True)
+def _iadd_fold(*args: Any, **kwargs: Any) -> Any:
+    return _add_fold(*args, inplace=True, **kwargs)
 
 
 def _getitem_fold(x: Any, index: Any) -> Any:
@@ -418,6 +449,8 @@ def _batch_norm_fold(
         return NotImplemented
     if training or running_mean is None or running_var is None or running_mean.numel() != x.size_[1]:
         return NotImplemented
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (weight, bias)):
+        return NotImplemented  # the float BatchNorm carries the gradient to its parameters
     a, b = _batch_norm_affine(running_mean, running_var, weight, bias, eps)
     if x.affine is not None:  # two in a row: a2 * (a1 * conv + b1) + b2
         a, b = x.affine[0] * a, torch.addcmul(b, x.affine[1], a)

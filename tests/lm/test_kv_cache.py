@@ -55,7 +55,7 @@ def test_the_cache_holds_codes_and_attention_reads_their_dequantized_values() ->
         model(ids, cache=quantized, use_cache=True)
     assert len(quantized.layers) == 2 and quantized.get_seq_length() == 12
     for layer_plain, layer_q in zip(plain.layers, quantized.layers, strict=True):
-        codes, scales = layer_q.stored["keys"]
+        codes, _ = layer_q.stored["keys"]
         assert codes.dtype == torch.int8 and codes.shape == layer_plain.keys.shape  # (2, kv heads, 12, head_dim)
         # Layer 0's keys do not depend on the cache: they are exactly the plain keys' codes.
     first_codes, first_scales = quantize_kv(plain.layers[0].keys, 8)

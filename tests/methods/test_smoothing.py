@@ -290,3 +290,14 @@ def test_error_minimising_grid_is_no_worse_than_min_max_per_row() -> None:
         min_max = row_error(scheme, scheme.fmt.fit(blocks, scheme, None))
         assert bool((searched <= min_max * (1 + 1e-6)).all())
         assert float(searched[::4].sum()) < float(min_max[::4].sum())
+
+
+def test_bf16_models_take_scale_migration_and_bad_calibration_gets_a_named_error() -> None:
+    model = _llama(seed=4).to(torch.bfloat16)
+    q = quanta.quantize(model, "w4a16-g32-awq", _steps(2))  # bf16 rounding must not read as a wrong norm
+    assert any(type(m).__name__ == "QuantLinear" for m in q.modules())
+    for preset in ("w4a16-g32-awq", "w8a8-smoothquant"):
+        with pytest.raises(QuantaError, match="does not fit"):
+            quanta.quantize(_llama(), preset, [torch.randn(2, 32)])  # float "token ids"
+        with pytest.raises(QuantaError, match="does not fit"):
+            quanta.quantize(_llama(), preset, [torch.randint(1000, 2000, (2, 8))])  # ids past the vocabulary

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import quanta
+from quanta.errors import QuantaError
 from quanta.kernels.int8_conv import input_grid, int8_conv_available, quantize_input_codes
 from quanta.nn import int8_flow
 from quanta.nn.int8_flow import Int8Activation
@@ -392,3 +393,85 @@ def test_max_pooling_folds_and_matches_the_plain_path() -> None:
     s5, _ = input_grid(q.c5)
     gain = float(q.c5.dequantized_weight(torch.float32).abs().sum(dim=(1, 2, 3)).max())
     assert float((flow - plain).abs().max()) <= gain * s5 * 1.01 + 1e-5
+
+
+class Three(nn.Module):
+    """Three convs; ``case`` picks what the forward does between them (the review's reproductions)."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.c0, self.c1, self.c2 = (nn.Conv2d(8, 8, 3, padding=1) for _ in range(3))
+        self.case = case
+
+    def forward(self, x: torch.Tensor) -> object:
+        a = self.c0(x)
+        b = self.c1(a)  # a is uint8 codes from here on
+        if self.case == "flatten":
+            return torch.flatten(F.max_pool2d(self.c2(b), 2), 1)
+        if self.case == "shortcut_relu_after_sum":
+            out = self.c2(b) + a
+            a.relu_()
+            return out, a
+        if self.case == "shortcut_mul_after_sum":
+            out = self.c2(b) + a
+            a.mul_(2)
+            return out, a
+        if self.case == "pool_view_sum":
+            return self.c2(self.c2(b) + F.max_pool2d(a, 1)), a
+        if self.case == "keywords":
+            return torch.add(self.c2(b), other=a), torch.relu(input=a)
+        raise AssertionError(self.case)
+
+
+@pytest.mark.parametrize(
+    "case", ["flatten", "shortcut_relu_after_sum", "shortcut_mul_after_sum", "pool_view_sum", "keywords"]
+)
+def test_review_cases_match_the_plain_path(case: str) -> None:
+    x = torch.randn(4, 8, 9, 9, generator=torch.Generator().manual_seed(3))
+    q = _quantized(Three(case), x)
+    with torch.no_grad():
+        flow, plain = q(x), _plain(q)(x)
+    flow_t = flow if isinstance(flow, tuple) else (flow,)
+    plain_t = plain if isinstance(plain, tuple) else (plain,)
+    for f, p in zip(flow_t, plain_t, strict=True):
+        assert type(f) is torch.Tensor and f.shape == p.shape
+        # One rounding to a conv's 8-bit grid (c1's or c2's) is all the flow may add, here at most a few steps.
+        steps = max(input_grid(q.c1)[0], input_grid(q.c2)[0])
+        gain = float(q.c2.dequantized_weight(torch.float32).abs().sum(dim=(1, 2, 3)).max())
+        assert float((f - p).abs().max()) <= max(2 * steps, gain * steps) * 1.01 + 1e-5, case
+
+
+def test_in_place_ops_on_slices_of_activations_are_refused() -> None:
+    class SliceInPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c0, self.c1 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.c0(x)
+            b = self.c1(a)
+            a[:, :4].relu_()
+            return b + a[:, :, 2:-2, 2:-2].mean()
+
+    q = _quantized(SliceInPlace(), torch.randn(4, 3, 12, 12))
+    with torch.no_grad(), pytest.raises(QuantaError, match="slice of an int8 activation"):
+        q(torch.randn(2, 3, 12, 12))
+    with torch.no_grad():
+        _plain(q)(torch.randn(2, 3, 12, 12))  # the plain path computes it
+
+
+def test_hooks_can_read_activations_as_numpy_and_bn_parameters_keep_gradients() -> None:
+    q = _quantized(WithBatchNorm(), torch.randn(8, 3, 12, 12))
+    got: list[object] = []
+    q.conv1.register_forward_hook(lambda _m, _a, y: got.append(y.numpy().shape))
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        q(x)
+    assert got == [(2, 8, 12, 12)]
+    for p in q.bn1.parameters():
+        p.requires_grad_(True)
+    out = q(x)  # grad mode: the BatchNorm is computed in float so that its parameters get gradients
+    assert out.requires_grad == _plain(q)(x).requires_grad is True
+    out.sum().backward()
+    assert q.bn1.weight.grad is not None
