@@ -19,16 +19,20 @@ Read by anything else first (pooling, a float layer, a user's op), it is compute
 sum and the ReLU as the plain kernel path computes them. A value is computed once: later readers get the form it
 was first computed in (uint8 codes dequantize exactly; a float value stays exact for every reader but int8 convs).
 
-So the numerical change from the plain kernel path is one rounding, where a tensor read by an int8 conv is also
-read elsewhere afterwards: by the residual add (the shortcut is summed on the conv's 8-bit grid, as FX's int8
-graphs hold it), by a float op, or as a returned output (they see the codes, within half a step of the value).
+So the numerical change from the plain kernel path is one rounding, where a tensor an int8 conv has read as codes
+is read again elsewhere: by the residual add (the shortcut is summed on the conv's 8-bit grid, as FX's int8 graphs
+hold it), by a float op, or as a returned output. Those readers see the codes: within half a step of the value
+inside the conv's calibrated range, clipped to it outside (as the conv itself saw the value).
 
 Only calls of the quantized model itself (the root module :func:`enable` registers hooks on) produce these
-tensors, and every one left in the model's outputs is turned into a plain tensor before the call returns, so
-callers never see them; calling a submodule directly takes the plain path. Inputs that need gradients, a
-``torch.compile`` trace and ``QUANTA_KERNEL=reference`` take the plain path as well. In-place ops other than ReLU
-and the shortcut add turn the activation into an ordinary float value first (views taken of it before then keep
-the old value: the one behaviour a float tensor would not show).
+tensors, and every one left in the model's outputs (in tuples, lists, dicts and other pytree containers) is
+turned into a plain tensor before the call returns; forward hooks on submodules do see them (they read as float
+tensors: ``.numpy()``, ``.tolist()``, any op). Calling a submodule directly, inputs that need gradients,
+BatchNorms whose parameters need gradients, a ``torch.compile`` trace and ``QUANTA_KERNEL=reference`` take the
+plain path. An accumulator is snapshotted when the sum is folded, so later in-place ops on the shortcut do not
+reach the pending sum. In-place ops other than ReLU and the shortcut add turn the activation into an ordinary float
+value first; in-place ops on a *slice* of an activation (or on one that has slices) raise a QuantaError, since
+int8 codes share no float storage with their views (turn the flow off for such a model).
 """
 
 from __future__ import annotations
