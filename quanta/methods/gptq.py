@@ -90,14 +90,13 @@ SHRINK = tuple(1.0 - 0.01 * k for k in range(21))  # range factors tried by the 
 NORM = 2.4  # the reference implementation's error norm for that search
 
 
-def _error_minimising_grid(x: torch.Tensor, scheme: QScheme) -> Params:
-    """Per row of ``x`` (rows, cols): the grid fitted on the range shrunk by the factor in :data:`SHRINK` with the
-    least ``sum |x - q(x)|^NORM``, as ``(rows, 1)`` parameters."""
+def _error_minimising_params(blocks: torch.Tensor, scheme: QScheme) -> Params:
+    """Per group of ``blocks`` (rows, groups, size): the grid fitted on the range shrunk by the factor in
+    :data:`SHRINK` with the least ``sum |x - q(x)|^NORM``, as the format's ``(rows, groups)`` parameters."""
     fmt = scheme.fmt
-    blocks = x.unsqueeze(1)  # (rows, 1, cols)
     lo, hi = blocks.amin(dim=-1, keepdim=True), blocks.amax(dim=-1, keepdim=True)
     best: Params | None = None
-    best_err = torch.full((x.shape[0],), float("inf"))
+    best_err = torch.full(blocks.shape[:-1], float("inf"))
     for factor in SHRINK:
         # The range's ends scaled by the factor: the fit sees exactly that min and max (x clamped into them).
         with warnings.catch_warnings():
@@ -105,15 +104,23 @@ def _error_minimising_grid(x: torch.Tensor, scheme: QScheme) -> Params:
                 warnings.simplefilter("ignore", UserWarning)
             params = fmt.fit(torch.maximum(torch.minimum(blocks, hi * factor), lo * factor), scheme, None)
         err = (fmt.decode(fmt.encode(blocks, params, scheme, None), params, scheme) - blocks).abs().pow(NORM)
-        err = err.sum(dim=(1, 2))
+        err = err.sum(dim=-1)  # (rows, groups)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         if best is None:
             best = params
         else:
-            best = {k: torch.where(better.reshape(-1, *([1] * (v.dim() - 1))), params[k], v) for k, v in best.items()}
+            best = {
+                k: torch.where(better.reshape(*better.shape, *([1] * (v.dim() - 2))), params[k], v)
+                for k, v in best.items()
+            }
     assert best is not None
     return best
+
+
+def _error_minimising_grid(x: torch.Tensor, scheme: QScheme) -> Params:
+    """:func:`_error_minimising_params` for one group per row of ``x`` (rows, cols): ``(rows, 1)`` parameters."""
+    return _error_minimising_params(x.unsqueeze(1), scheme)
 
 
 def _slice(params: Params, rows: int, group: int) -> Params:
@@ -196,7 +203,9 @@ def gptq_weight(
     elif not per_group:
         params = fit(w)
     elif static_groups or desc_act:
-        params = grouping.reduce(lambda xb: fmt.fit(xb, scheme, None), w)
+        params = grouping.reduce(
+            lambda xb: _error_minimising_params(xb, scheme) if grid_search else fmt.fit(xb, scheme, None), w
+        )
     else:
         params = {}
     parts: list[Params] = []  # per-group grids fitted on the go, in group order

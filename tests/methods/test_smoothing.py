@@ -301,3 +301,21 @@ def test_bf16_models_take_scale_migration_and_bad_calibration_gets_a_named_error
             quanta.quantize(_llama(), preset, [torch.randn(2, 32)])  # float "token ids"
         with pytest.raises(QuantaError, match="does not fit"):
             quanta.quantize(_llama(), preset, [torch.randint(1000, 2000, (2, 8))])  # ids past the vocabulary
+
+
+def test_gptq_grid_search_also_serves_static_groups_and_act_order() -> None:
+    from quanta.methods.gptq import gptq_weight
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 16)
+    x = torch.randn(256, 64)
+    x[:, ::7] *= 4  # uneven channels, so act-order reorders
+    h = x.T @ x
+    scheme = QScheme.parse("int3:g16:asym")
+
+    def output_error(**kwargs: bool) -> float:
+        w_hat = gptq_weight(layer, scheme, h, **kwargs).dequantize()
+        return float(((x @ layer.weight.T - x @ w_hat.T) ** 2).mean())
+
+    for order in ({"desc_act": True}, {"static_groups": True}):
+        assert output_error(**order, grid_search=True) < output_error(**order)
