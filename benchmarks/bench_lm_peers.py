@@ -103,9 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         delta = math.exp(mean_nll(peer, eval_ids, 256, batch_size=64)) - float_ppl
         removed = f"{100 * (1 - delta / rtn_delta):.0f}%" if rtn_delta else ""
-        print(
-            f"W{bits} g{group:<7} {'hqq':<10} {'hqq':<14} {float_ppl + delta:>9.4f} {delta:>+9.4f} {removed:>7}  {len(skip)}"
-        )
+        row = f"{float_ppl + delta:>9.4f} {delta:>+9.4f} {removed:>7}  {len(skip)}"
+        print(f"W{bits} g{group:<7} {'hqq':<10} {'hqq':<14} {row}")
     print(
         "Command: .venv/bin/python benchmarks/bench_lm_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     )
