@@ -47,7 +47,7 @@ def embedding_cosine(reference: nn.Module, model: nn.Module, batches: Iterable[A
 
     Example:
         >>> enc = torch.nn.Embedding(10, 4)
-        >>> embedding_cosine(enc, enc, [torch.tensor([[1, 2, 3]])])
+        >>> round(embedding_cosine(enc, enc, [torch.tensor([[1, 2, 3]])]), 6)
         1.0
     """
     total, count = 0.0, 0
