@@ -213,6 +213,12 @@ def inspect(
             f"{entry.get('nbytes', 0):,}",
         )
     out.print(table)
+    if "int8_flow" in config:
+        state = "on" if config["int8_flow"] else "off"
+        out.print(f"int8 flow between int8 convolutions: {state} (quanta.nn.int8_flow; docs/kernels.md)")
+    kv_bits = (config.get("recipe") or {}).get("kv_bits")
+    if kv_bits:
+        out.print(f"KV cache: int{kv_bits} codes (quanta.lm.kv_cache), used by quanta generate and quanta eval")
     if config.get("left_in_float"):
         out.note(f"left in float (a rule matched, no quantized twin): {', '.join(config['left_in_float'])}")
 

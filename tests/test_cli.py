@@ -86,6 +86,13 @@ def test_inspect_a_saved_model(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(tmp_path / "m"), "--json", "--quiet"])
     assert result.exit_code == 0 and json.loads(result.stdout)["modules"]["0"]["scheme"] == "int8:ch"
     _fails(["inspect", str(tmp_path)], "quanta.json")
+    assert "int8 flow between int8 convolutions: off" in runner.invoke(app, ["inspect", str(tmp_path / "m")]).output
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    quanta.save(quanta.quantize(conv, "w8a8", calib=[torch.randn(4, 3, 12, 12)]), tmp_path / "c")
+    from quanta.kernels.int8_conv import int8_conv_available
+
+    flow = "on" if int8_conv_available() else "off"
+    assert f"int8 flow between int8 convolutions: {flow}" in runner.invoke(app, ["inspect", str(tmp_path / "c")]).output
 
 
 @pytest.fixture(scope="module")
