@@ -19,6 +19,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +40,15 @@ PRESETS = (
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def load_stories(data: Path) -> tuple[torch.nn.Module, Any, torch.Tensor, torch.Tensor]:
+    """The protocol's model and text: stories260K_hf, its tokenizer, and tinystories_val's tokens split at the
+    middle token into the calibration half and the (disjoint) evaluation half."""
+    model, tokenizer = load_hf(data / "stories260K_hf")
+    ids = tokenize_file(data / "tinystories_val" / "tinystories_val.txt", tokenizer)
+    half = ids.numel() // 2
+    return model, tokenizer, ids[:half], ids[half:]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -56,10 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sequential", action="store_true", help="quantize block by block (quantize_sequential)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    model, tokenizer = load_hf(args.data / "stories260K_hf")
-    ids = tokenize_file(args.data / "tinystories_val" / "tinystories_val.txt", tokenizer)
-    half = ids.numel() // 2
-    calib_ids, eval_ids = ids[:half], ids[half:]
+    model, tokenizer, calib_ids, eval_ids = load_stories(args.data)
     names = ("tinystories_val first half", "tinystories_val second half")
     if args.shift != "none":
         wiki = tokenize_file(args.data / "wikitext2_test" / "wiki.test.raw", tokenizer)

@@ -26,10 +26,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_lm import load_stories
 
 import quanta
 from quanta.eval import mean_nll
-from quanta.lm import calibration_windows, load_hf, tokenize_file
+from quanta.lm import calibration_windows
 from quanta.recipe import Recipe, Rule, resolve_recipe
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -74,11 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="4 calibration windows, 20,000 evaluation tokens")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    model, tokenizer = load_hf(args.data / "stories260K_hf")
-    ids = tokenize_file(args.data / "tinystories_val" / "tinystories_val.txt", tokenizer)
-    half = ids.numel() // 2
-    eval_ids = ids[half:][:20_000] if args.quick else ids[half:]
-    windows = calibration_windows(ids[:half], n=4 if args.quick else 32, length=256, seed=0)
+    model, _, calib_ids, eval_ids = load_stories(args.data)  # bench_lm.py's protocol
+    eval_ids = eval_ids[:20_000] if args.quick else eval_ids
+    windows = calibration_windows(calib_ids, n=4 if args.quick else 32, length=256, seed=0)
     calib = list(windows.split(8))
     float_ppl = math.exp(mean_nll(model, eval_ids, 256, batch_size=64))
     print(f"float32 perplexity {float_ppl:.4f} on {eval_ids.numel():,} tokens (tinystories_val second half)")

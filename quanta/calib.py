@@ -26,19 +26,19 @@ def inputs(loader: Iterable[Any]) -> Iterator[Any]:
         yield item[0] if isinstance(item, (tuple, list)) and len(item) == 2 else item
 
 
-def call_step(model: nn.Module, item: Any, index: int = 0) -> Any:
+def call_step(model: nn.Module, item: Any, index: int = 0, **extra: Any) -> Any:
     """``model`` on one calibration step (a tensor, a tuple or list of positional arguments, or a dict of keyword
-    arguments), returning its output.
+    arguments), with the keyword arguments ``extra`` added (a step's own keywords win), returning its output.
 
     Raises:
         QuantaError: the step does not fit ``model.forward`` (wrong types, shapes, or token ids out of range).
     """
     try:
         if isinstance(item, dict):
-            return model(**item)
+            return model(**{**extra, **item})
         if isinstance(item, (tuple, list)):
-            return model(*item)
-        return model(item)
+            return model(*item, **extra)
+        return model(item, **extra)
     except (TypeError, RuntimeError, IndexError) as exc:
         shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
         raise QuantaError(

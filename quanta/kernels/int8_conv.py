@@ -198,25 +198,20 @@ def conv_on_codes(
         a, b = affine
         w_scale = w_scale * a
         bias = b if bias is None else torch.addcmul(b, bias, a)
-    if out_scale is None and accum is None:
-        # y = s_x * s_w[o] * acc + b straight to fp32, or rounded once to bf16; channels-last like the input.
-        unary = "relu" if relu else "none"
+    if accum is None:
+        # Float: y = s_x * s_w[o] * acc + b straight to fp32, or rounded once to bf16. uint8: requantized once to
+        # the output grid (output dtype None). Channels-last like the input.
+        out = (1.0, 0, dtype) if out_scale is None else (out_scale, out_zero, None)
         y = torch.ops.onednn.qconv2d_pointwise(
-            codes, x_scale, x_zero, packed, w_scale, w_zero, bias, *geometry, 1.0, 0, dtype, unary, [], ""
+            codes, x_scale, x_zero, packed, w_scale, w_zero, bias, *geometry, *out, "relu" if relu else "none", [], ""
         )
     elif out_scale is None:  # float output with the accumulator's float value summed in (and the ReLU)
-        assert accum is not None
         acc_codes, acc_scale, acc_zero = accum
         target = acc_codes.to(torch.float32, memory_format=torch.channels_last).sub_(acc_zero).mul_(acc_scale)
         y = torch.ops.onednn.qconv2d_pointwise.binary(
             codes, x_scale, x_zero, packed, w_scale, w_zero, target, bias, *geometry, 1.0, 0, torch.float32,
             1.0, 0, "sum", 1.0, "relu" if relu else None, [], None,
         ).to(dtype)  # fmt: skip
-    elif accum is None:
-        unary = "relu" if relu else "none"
-        y = torch.ops.onednn.qconv2d_pointwise(
-            codes, x_scale, x_zero, packed, w_scale, w_zero, bias, *geometry, out_scale, out_zero, None, unary, [], ""
-        )
     else:
         acc_codes, acc_scale, acc_zero = accum
         # oneDNN's sum post-op writes into the accumulator: a copy unless nobody reads those codes again.
@@ -231,6 +226,7 @@ def conv_on_codes(
 
 
 _CONSTANTS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_GRIDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def input_grid_cached(module: Any) -> tuple[float, int]:
@@ -243,9 +239,6 @@ def input_grid_cached(module: Any) -> tuple[float, int]:
     grid = input_grid(module)
     _GRIDS[module] = (scale, zero, (scale._version, zero._version), grid)
     return grid
-
-
-_GRIDS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def _constants(module: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[Any, ...]]:
@@ -277,7 +270,7 @@ def _constants(module: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tens
 
 
 def _run(x: torch.Tensor, module: Any) -> torch.Tensor:  # a QuantConv1d / QuantConv2d, raw fp32 or bf16 input
-    scale, zero = input_grid(module)
+    scale, zero = input_grid_cached(module)
     y = conv_on_codes(module, quantize_input_codes(x, scale, zero), scale, zero, None, 0, None, False, x.dtype)
     # oneDNN writes channels-last; an NCHW input gets NCHW back, as torch's conv gives it (views stay valid).
     return y if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from quanta.api import _plan, _validate, quantize_resolved
+from quanta.calib import call_step
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.recipe import Recipe, resolve_recipe
 
@@ -54,15 +55,6 @@ class _Captured(Exception):
     """Raised by the capture hook to stop the forward pass at block 0."""
 
 
-def _call(model: nn.Module, step: Any) -> Any:
-    kwargs = {"use_cache": False} if hasattr(model, "config") else {}  # a KV cache would pin memory for nothing
-    if isinstance(step, dict):
-        return model(**{**kwargs, **step})
-    if isinstance(step, (tuple, list)):
-        return model(*step, **kwargs)
-    return model(step, **kwargs)
-
-
 def _capture_inputs(
     model: nn.Module, first: nn.Module, steps: list[Any]
 ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -75,9 +67,11 @@ def _capture_inputs(
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
-            for step in steps:
+            # No KV cache for a transformers model: it would pin memory for nothing.
+            extra = {"use_cache": False} if hasattr(model, "config") else {}
+            for index, step in enumerate(steps):
                 try:
-                    _call(model, step)
+                    call_step(model, step, index, **extra)
                 except _Captured:
                     continue
                 raise QuantaError("the calibration step never reached the model's first block; check the inputs.")

@@ -34,9 +34,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from quanta.calib import call_step, run
 from quanta.errors import QuantaError
 
-__all__ = ["MAX_ROWS", "Group", "apply_scales", "call", "find_groups", "is_channel_norm", "run_steps"]
+__all__ = ["MAX_ROWS", "Group", "apply_scales", "find_groups", "is_channel_norm", "run_steps"]
 
 MAX_ROWS = 4096  # rows of each group's input kept for a scale search (seeded sample over all steps)
 
@@ -64,14 +65,6 @@ class Group:
     absmean: torch.Tensor | None = None  # (C,) mean |x| per channel
     rows: torch.Tensor | None = None  # (<= MAX_ROWS, C) sampled input rows, float32
     count: int = field(default=0)
-
-
-def call(model: nn.Module, step: Any) -> Any:
-    """``model`` on one calibration step (a tensor, a tuple of positional arguments or a dict of keywords); a step
-    that does not fit raises the QuantaError ``quanta.calib`` gives."""
-    from quanta.calib import call_step
-
-    return call_step(model, step)
 
 
 def find_groups(model: nn.Module, names: Iterable[str], steps: list[Any], keep_rows: bool = False) -> list[Group]:
@@ -106,7 +99,7 @@ def find_groups(model: nn.Module, names: Iterable[str], steps: list[Any], keep_r
         handles.append(module.register_forward_pre_hook(note_input))
     try:
         with torch.no_grad():
-            call(model, steps[0])
+            call_step(model, steps[0])
     finally:
         for handle in handles:
             handle.remove()
@@ -157,9 +150,7 @@ def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows:
 def run_steps(model: nn.Module, steps: list[Any], handles: list[Any]) -> None:
     """Run every calibration step through ``model`` without gradients, then remove the hooks ``handles``."""
     try:
-        with torch.no_grad():
-            for step in steps:
-                call(model, step)
+        run(model, steps)
     finally:
         for handle in handles:
             handle.remove()
@@ -177,7 +168,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _outputs(model: nn.Module, step: Any) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [t.detach().clone() for t in tree_leaves(call(model, step)) if isinstance(t, torch.Tensor)]
+        return [t.detach().clone() for t in tree_leaves(call_step(model, step)) if isinstance(t, torch.Tensor)]
 
 
 def apply_scales(model: nn.Module, scales: dict[str, torch.Tensor], groups: list[Group], step: Any) -> None:
