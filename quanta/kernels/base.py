@@ -18,6 +18,7 @@ __all__ = [
     "ParamsRestore",
     "Relayout",
     "any_activation",
+    "cpu_multiplies_int8_exactly",
     "forced_reference",
     "kernel_for",
     "register_kernel",
@@ -88,6 +89,18 @@ class Kernel:
     priority: int = 0
     on_codes: Callable[..., torch.Tensor] | None = None
     input_grid: Callable[[Any], tuple[float, int]] | None = None
+
+
+def cpu_multiplies_int8_exactly() -> bool:
+    """True on CPUs with VNNI, whose int8 dot-product instructions accumulate straight into int32.
+
+    Without VNNI (e.g. AVX2-only x86), fbgemm's and oneDNN's u8 x s8 GEMMs multiply with ``vpmaddubsw``, which sums
+    pairs of products into *saturating* int16: two full-range products (255 * 127 * 2 > 32767) clip, and the
+    result is silently wrong (measured: errors of 10-20% of the output range). Kernels built on those GEMMs apply
+    only where this is True; ``torch._int_mm`` stays exact everywhere.
+    """
+    vnni = getattr(torch.cpu, "_is_vnni_supported", None)
+    return vnni is not None and bool(vnni())
 
 
 _KERNELS: list[Kernel] = []

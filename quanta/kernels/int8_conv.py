@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from quanta.kernels.base import Kernel, register_kernel
+from quanta.kernels.base import Kernel, cpu_multiplies_int8_exactly, register_kernel
 from quanta.scheme import QScheme
 
 __all__ = [
@@ -56,15 +56,13 @@ MAX_PADDING = 0.01  # the packed weight may exceed the codes by at most this fra
 
 def int8_conv_available() -> bool:
     """True when torch has oneDNN's quantized conv ops and the CPU multiplies int8 without saturation (VNNI)."""
-    vnni = getattr(torch.cpu, "_is_vnni_supported", None)
     return (
         torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.onednn, "qconv2d_pointwise")
         and hasattr(torch.ops.onednn, "qconv_prepack")
         and hasattr(torch.ops.mkldnn, "_nbytes")
         and hasattr(torch, "quantize_per_tensor")  # deprecated in torch 2.13: the kernel goes when it does
-        and vnni is not None
-        and bool(vnni())
+        and cpu_multiplies_int8_exactly()
     )
 
 

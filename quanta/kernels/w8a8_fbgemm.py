@@ -18,7 +18,9 @@ Memory: fbgemm pads the packed matrix to its cache blocks (K to 512 or 256 rows,
 instruction set) and keeps int32 column offsets; :func:`packed_nbytes` computes those bytes for ``model_nbytes``.
 The kernel applies only where that padding costs at most 1% (e.g. not for in_features = 11008, padded to 11264),
 keeping models within the 2% memory budget; other shapes use ``w8a8_int_mm``. Narrow-range input schemes
-(``[-127, 127]``) are left to ``w8a8_int_mm`` too, since fbgemm clamps to the full byte.
+(``[-127, 127]``) are left to ``w8a8_int_mm`` too, since fbgemm clamps to the full byte. On CPUs without VNNI
+(AVX2 only) fbgemm sums pairs of u8 x s8 products in saturating int16 and gives wrong results for full-range
+inputs, so there the kernel does not apply and ``w8a8_int_mm`` (exact on every CPU) serves these modules.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import torch
 
-from quanta.kernels.base import Kernel, register_kernel
+from quanta.kernels.base import Kernel, cpu_multiplies_int8_exactly, register_kernel
 from quanta.kernels.w8a8_int_mm import input_scale, int8_activation, scaled_output
 from quanta.scheme import QScheme
 
@@ -40,8 +42,10 @@ MAX_PADDING = 0.01  # packed bytes may exceed N * K by at most this fraction
 
 @functools.cache
 def _available() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
-        torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
+    return (
+        "fbgemm" in torch.backends.quantized.supported_engines
+        and hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32")
+        and cpu_multiplies_int8_exactly()  # without VNNI fbgemm's int16 pair sums saturate
     )
 
 

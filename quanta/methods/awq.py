@@ -40,30 +40,34 @@ GRID = 21  # alpha in 0, 0.05, ..., 1
 CLIP_RATIOS = tuple(1.0 - 0.05 * k for k in range(11))  # 1.0, 0.95, ..., 0.5
 
 
-def _group_error(group: Group, schemes: dict[str, QScheme | None], s: torch.Tensor) -> float:
-    assert group.rows is not None
-    x = group.rows  # (rows, C)
+def _group_error(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor, QScheme]], s: torch.Tensor) -> float:
+    """Summed output error of the group's layers with scales ``s``; ``layers`` holds each layer's float weight
+    ``(out, C)``, its float output on the sample rows ``x @ w.T`` (the same for every ``s``) and its scheme."""
     error = 0.0
-    for name, layer in group.layers.items():
-        scheme = schemes[name]
-        if scheme is None:
-            continue
-        w = layer.weight.detach().float()  # (out, C)
+    for w, target, scheme in layers:
         w_hat = quantize_tensor(w * s, scheme).dequantize().float()
-        error += float(((x @ w.T) - (x / s) @ w_hat.T).double().pow(2).sum())
+        error += float((target - (x / s) @ w_hat.T).double().pow(2).sum())
     return error
 
 
 def awq_scales(group: Group, schemes: dict[str, QScheme | None]) -> tuple[torch.Tensor, float]:
     """The searched scales of ``group`` and their ``alpha`` (0.0 with all-ones scales when nothing beats RTN)."""
     assert group.absmean is not None
+    assert group.rows is not None
     m = group.absmean.float().clamp(min=1e-8)
-    best = (_group_error(group, schemes, torch.ones_like(m)), 0.0, torch.ones_like(m))
+    x = group.rows  # (rows, C)
+    layers = []
+    for name, layer in group.layers.items():
+        scheme = schemes[name]
+        if scheme is not None:
+            w = layer.weight.detach().float()  # (out, C)
+            layers.append((w, x @ w.T, scheme))
+    best = (_group_error(x, layers, torch.ones_like(m)), 0.0, torch.ones_like(m))
     for k in range(1, GRID):
         alpha = k / (GRID - 1)
         s = m.pow(alpha)
         s = s / torch.sqrt(s.max() * s.min())
-        error = _group_error(group, schemes, s)
+        error = _group_error(x, layers, s)
         if error < best[0]:
             best = (error, alpha, s)
     return best[2], best[1]
