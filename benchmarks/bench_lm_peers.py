@@ -7,9 +7,21 @@ values). Layers a peer cannot take at a group size (stories260K's down_proj has 
 do not divide) stay in float **for every row of that comparison**, quanta's included, so the rows are comparable;
 bench_lm.py has quanta's full results.
 
-Peers, each optional (a row says why it is missing):
-- hqq (``pip install hqq`` with ``DISABLE_CUDA=1``): HQQ's half-quadratic optimiser, ``axis=1`` (groups along the
-  input features, as quanta's), ``optimize=True``, float scales and zero points.
+Peers, each optional (a row says why it is missing); install each into .venv with ``-c .venv/constraints.txt`` so
+pip keeps torch 2.13.0+cpu:
+- hqq (``DISABLE_CUDA=1 pip install -c .venv/constraints.txt hqq==0.2.8.post1``): HQQ's half-quadratic optimiser,
+  ``axis=1`` (groups along the input features, as quanta's), ``optimize=True``, float scales and zero points.
+- optimum-quanto (``pip install -c .venv/constraints.txt optimum-quanto==0.2.7``): ``MaxOptimizer`` (quanto's
+  default for sub-8-bit weights: asymmetric min-max, float scales and a float shift, i.e. quanta's ``fmin`` grid,
+  where the presets here store an integer zero point) and ``quantize_weight`` with ``axis=0`` (groups along the
+  input features) at qint4 / qint2; quanto has no 3-bit type, so its W3 row says so.
+  quanto's ``quantize(model, weights=qint4)`` has no group-size argument (it picks 128 stepping down to 32 itself
+  and falls back to per-channel when in_features <= 128 or none divides: every stories260K layer), hence the
+  direct call.
+- torchao (``pip install -c .venv/constraints.txt torchao==0.18.0``): ``Int4WeightOnlyConfig(group_size=32)``
+  (its int4 weight-only path; group sizes 32-256 only; every packing format fails on CPU in 0.18, and the row
+  prints why), and ``IntxWeightOnlyConfig(weight_dtype=torch.int{2,3,4}, granularity=PerGroup(g))`` with
+  ``MappingType.ASYMMETRIC`` (as quanta's groups) and with its default ``SYMMETRIC``, float scales.
 
     .venv/bin/python benchmarks/bench_lm_peers.py [--data ../shared/data] [--quick]
 """
@@ -20,6 +32,7 @@ import argparse
 import copy
 import math
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,21 +67,106 @@ def _recipe(preset: str, skip: list[str]) -> Recipe:
     return Recipe(rules=(*keep, *base.rules), name=f"{preset} (float: {len(skip)} layers)", kv_bits=base.kv_bits)
 
 
+def _substitute(model: nn.Module, skip: list[str], dequantize: Callable[[nn.Linear], torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` whose decoder linears (bar ``skip``) hold the weights a peer dequantizes."""
+    out = copy.deepcopy(model)
+    for name, layer in _decoder_linears(out).items():
+        if name in skip:
+            continue
+        with torch.no_grad():
+            layer.weight.copy_(dequantize(layer).reshape(layer.weight.shape).float())
+    return out
+
+
 def _hqq(model: nn.Module, bits: int, group: int, skip: list[str]) -> nn.Module | str:
     try:
         from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
     except ImportError:
         return "hqq is not installed (DISABLE_CUDA=1 pip install hqq)"
-    out = copy.deepcopy(model)
     config = BaseQuantizeConfig(nbits=bits, group_size=group, axis=1)
-    for name, layer in _decoder_linears(out).items():
-        if name in skip:
-            continue
+
+    def dequantize(layer: nn.Linear) -> torch.Tensor:
         donor = copy.deepcopy(layer)  # HQQLinear consumes the layer it is given
-        q = HQQLinear(donor, config, compute_dtype=torch.float32, device="cpu")
-        with torch.no_grad():
-            layer.weight.copy_(q.dequantize().reshape(layer.weight.shape).float())
-    return out
+        return HQQLinear(donor, config, compute_dtype=torch.float32, device="cpu").dequantize()
+
+    return _substitute(model, skip, dequantize)
+
+
+def _quanto(model: nn.Module, bits: int, group: int, skip: list[str]) -> nn.Module | str:
+    try:
+        from optimum.quanto import MaxOptimizer, qtypes, quantize_weight
+    except ImportError:
+        return "optimum-quanto is not installed (pip install optimum-quanto)"
+    qtype = qtypes.get(f"qint{bits}")
+    if qtype is None:
+        return f"no {bits}-bit type (quanto's qtypes: {', '.join(qtypes)})"
+    # What QLinear.qweight() does for a sub-8-bit qtype, with our group size in place of the one
+    # QModuleMixin.__init__ would choose: the default MaxOptimizer, then quantize_weight along axis 0.
+    optimizer = MaxOptimizer()
+
+    def dequantize(layer: nn.Linear) -> torch.Tensor:
+        w = layer.weight.detach()
+        scale, shift = optimizer(w, qtype=qtype, axis=0, group_size=group)
+        q = quantize_weight(w, qtype=qtype, axis=0, scale=scale, shift=shift, group_size=group)
+        return q.dequantize()
+
+    return _substitute(model, skip, dequantize)
+
+
+def _torchao_int4(model: nn.Module, group: int, skip: list[str]) -> nn.Module | str:
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, quantize_
+        from torchao.quantization.quantize_.workflows import Int4PackingFormat
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    # Every packing format is tried on a real layer; the first that quantizes on CPU is used, else the row
+    # carries each format's error. tile_packed_to_4d (tinygemm) accepts bfloat16 weights only.
+    probe = next(m for n, m in _decoder_linears(model).items() if n not in skip)
+    errors = []
+    for fmt in Int4PackingFormat:
+        dtype = torch.bfloat16 if fmt == Int4PackingFormat.TILE_PACKED_TO_4D else torch.float32
+        config = Int4WeightOnlyConfig(group_size=group, int4_packing_format=fmt, set_inductor_config=False)
+
+        def dequantize(layer: nn.Linear, config=config, dtype=dtype) -> torch.Tensor:
+            donor = copy.deepcopy(layer).to(dtype)
+            quantize_(donor, config)
+            return donor.weight.dequantize()
+
+        try:
+            dequantize(probe)
+        except Exception as error:  # the exact error is the result on a machine where it cannot run
+            errors.append(f"{fmt.value}: {type(error).__name__}: {error}")
+            continue
+        return _substitute(model, skip, dequantize)
+    return f"Int4WeightOnlyConfig(group_size={group}) fails on CPU: " + "; ".join(errors)
+
+
+def _torchao_intx(model: nn.Module, bits: int, group: int, skip: list[str], symmetric: bool) -> nn.Module | str:
+    try:
+        from torchao.quantization import IntxWeightOnlyConfig, MappingType, PerGroup, quantize_
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    mapping = MappingType.SYMMETRIC if symmetric else MappingType.ASYMMETRIC
+    config = IntxWeightOnlyConfig(
+        weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group), mapping_type=mapping
+    )
+
+    def dequantize(layer: nn.Linear) -> torch.Tensor:
+        donor = copy.deepcopy(layer)  # quantize_ swaps the weight of the module it is given
+        quantize_(donor, config)
+        return donor.weight.dequantize()  # an IntxUnpackedToInt8Tensor; its forward computes with these values
+
+    return _substitute(model, skip, dequantize)
+
+
+def _peers(model: nn.Module, bits: int, group: int, skip: list[str]) -> Iterator[tuple[str, str, nn.Module | str]]:
+    """(tool, method, model with the peer's weights, or why there is none), one per peer row."""
+    yield "hqq", "hqq", _hqq(model, bits, group, skip)
+    yield "quanto", "max", _quanto(model, bits, group, skip)
+    if bits == 4:  # Int4WeightOnlyConfig is 4-bit only
+        yield "torchao", "int4wo", _torchao_int4(model, group, skip)
+    yield "torchao", "intx-asym", _torchao_intx(model, bits, group, skip, symmetric=False)
+    yield "torchao", "intx-sym", _torchao_intx(model, bits, group, skip, symmetric=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,14 +196,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"W{bits} g{group:<7} {'quanta':<10} {name:<14} {float_ppl + delta:>9.4f} {delta:>+9.4f} "
                 f"{removed:>7}  {len(skip)}"
             )
-        peer = _hqq(model, bits, group, skip)
-        if isinstance(peer, str):
-            print(f"W{bits} g{group:<7} {'hqq':<10} {'-':<14} {'':>9} {'':>9} {'':>7}  ({peer})")
-            continue
-        delta = math.exp(mean_nll(peer, eval_ids, 256, batch_size=64)) - float_ppl
-        removed = f"{100 * (1 - delta / rtn_delta):.0f}%" if rtn_delta else ""
-        row = f"{float_ppl + delta:>9.4f} {delta:>+9.4f} {removed:>7}  {len(skip)}"
-        print(f"W{bits} g{group:<7} {'hqq':<10} {'hqq':<14} {row}")
+        for tool, name, peer in _peers(model, bits, group, skip):
+            if isinstance(peer, str):
+                print(f"W{bits} g{group:<7} {tool:<10} {'-':<14} {'':>9} {'':>9} {'':>7}  ({peer})")
+                continue
+            delta = math.exp(mean_nll(peer, eval_ids, 256, batch_size=64)) - float_ppl
+            removed = f"{100 * (1 - delta / rtn_delta):.0f}%" if rtn_delta else ""
+            row = f"{float_ppl + delta:>9.4f} {delta:>+9.4f} {removed:>7}  {len(skip)}"
+            print(f"W{bits} g{group:<7} {tool:<10} {name:<14} {row}")
     print(
         "Command: .venv/bin/python benchmarks/bench_lm_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     )

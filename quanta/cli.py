@@ -324,6 +324,22 @@ def quantize(
         bool, typer.Option("--layers", help="Also print per-layer output SQNR vs float (on the first batch).")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
+    offload: Annotated[
+        bool,
+        typer.Option(
+            "--offload",
+            help="Language models: read each block's weights from disk just before quantizing it (peak memory: "
+            "about one float block plus the calibration activations and the quantized result).",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Language models: record each finished block beside OUTPUT (.OUTPUT.resume/); a run killed "
+            "midway continues from its last finished block with the same result, byte for byte.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     seed: SeedOpt = 0,
@@ -344,10 +360,14 @@ def quantize(
     if Path(model).is_dir():  # a transformers model directory
         from quanta.cli_lm import quantize_hf
 
-        quantize_hf(Path(model), recipe, output, calib, nsamples, seqlen, overwrite, out)
+        quantize_hf(
+            Path(model), recipe, output, calib, nsamples, seqlen, overwrite, out, offload=offload, resume=resume
+        )
         return
     start = time.perf_counter()
     with _errors():
+        if offload or resume:
+            raise QuantaError("--offload and --resume are for language models (a transformers directory).")
         # Everything that can be checked cheaply is checked before any work.
         name, weights = parse_model(model)
         if output.exists() and not overwrite:

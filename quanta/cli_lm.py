@@ -32,6 +32,15 @@ def _model_and_tokenizer(directory: Path) -> tuple[Any, Any]:
     return load_hf(directory)  # a quanta directory loads quantized, a transformers one in float
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def _window(model: Any, seqlen: int | None) -> int:
     from quanta.lm import context_length
 
@@ -47,13 +56,17 @@ def quantize_hf(
     seqlen: int | None,
     overwrite: bool,
     out: _Out,
+    *,
+    offload: bool = False,
+    resume: bool = False,
 ) -> None:
     """``quanta quantize`` for a transformers model directory (the CLI's ``quantize`` dispatches here)."""
     import torch
 
     import quanta
     from quanta.eval import layer_errors
-    from quanta.lm import calibration_windows, quantize_sequential, tokenize_file
+    from quanta.lm import BlockState, calibration_windows, load_offloaded, quantize_sequential, tokenize_file
+    from quanta.lm.hf import _load_tokenizer, transformers_module
     from quanta.methods.registry import get_method
     from quanta.nn.base import QuantModule
     from quanta.recipe import resolve_recipe
@@ -73,10 +86,16 @@ def quantize_hf(
                 f"recipe {recipe} learns from data: pass --calib FILE.txt (text in the model's domain), or use a "
                 "data-free preset (e.g. w4a16-g128, w4a16-g64-hqq)."
             )
-        with out.status(f"loading {source}..."):
-            model, tokenizer = _model_and_tokenizer(source)
-        if any(isinstance(m, QuantModule) for m in model.modules()):
+        if (offload or resume) and calib is None:
+            raise QuantaError("--offload and --resume work block by block, on calibration data: pass --calib FILE.txt.")
+        if (source / "quanta.json").is_file():
             raise QuantaError(f"{source} is already quantized (it has quanta.json); pass the float model directory.")
+        with out.status(f"loading {source}{' (blocks stay on disk)' if offload else ''}..."):
+            if offload:
+                model = load_offloaded(source)
+                tokenizer = _load_tokenizer(transformers_module(), source)
+            else:
+                model, tokenizer = _model_and_tokenizer(source)
         window = _window(model, seqlen)
         batches: list[Any] = []
         tokens = 0
@@ -90,21 +109,32 @@ def quantize_hf(
                 )
             windows = calibration_windows(ids, n=nsamples, length=window, seed=out.seed)
             batches = list(windows.split(CALIB_BATCH))
-        reference = copy.deepcopy(model)
-        float_nbytes = quanta.model_nbytes(model)
+        # The float model for per-layer errors: not under --offload, whose point is never holding it whole.
+        reference = None if offload else copy.deepcopy(model)
+        # (model_nbytes tells tied tensors by address, which meta tensors lack: count offloaded ones by identity)
+        float_nbytes = (
+            sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+            if offload
+            else quanta.model_nbytes(model)
+        )
+        state_dir = output.with_name(f".{output.name}.resume") if resume else None
+        if state_dir is not None and state_dir.is_dir():
+            out.note(f"resuming from the per-block state in {state_dir}")
         quantize_start = time.perf_counter()
         if batches:  # block by block, each block calibrated on the quantized blocks' outputs before it
-            quantize_sequential(model, recipe, batches, progress=not out.quiet)
+            quantize_sequential(model, recipe, batches, progress=not out.quiet, resume=state_dir)
         else:
             quanta.quantize(model, recipe, progress=not out.quiet)
         quantize_seconds = time.perf_counter() - quantize_start
         quanta.save(model, output, overwrite=overwrite, tokenizer=tokenizer)
+        if state_dir is not None:
+            BlockState(state_dir, "").clear()  # the model is saved: the per-block state has served
         loaded = quanta.load(output)
         probe = batches[0][:1] if batches else torch.arange(min(window, 16)).unsqueeze(0) % tokenizer.vocab_size
         with torch.no_grad():
             if not torch.equal(loaded(probe).logits, model(probe).logits):
                 raise QuantaError(f"{output} does not reproduce the quantized model's logits; please report this.")
-        per_layer = layer_errors(reference, loaded, [probe])
+        per_layer = [] if reference is None else layer_errors(reference, loaded, [probe])
     packed = sum(1 for m in loaded.modules() if isinstance(m, QuantModule))
     nbytes = quanta.model_nbytes(loaded)
     result: dict[str, Any] = {
@@ -117,6 +147,8 @@ def quantize_hf(
         "calib": None if calib is None else {"file": calib, "tokens": tokens, "windows": nsamples, "seqlen": window},
         "layers": [vars(e) for e in per_layer],
         "quantize_seconds": quantize_seconds,
+        "offload": offload,
+        "peak_rss_bytes": peak_rss_bytes(),
         "reloaded_bit_identical": True,
         "seconds": time.perf_counter() - start,
     }
@@ -125,6 +157,7 @@ def quantize_hf(
         f"quantized {source} with {recipe}: {packed} modules packed, {float_nbytes:,} -> {nbytes:,} bytes "
         f"({float_nbytes / nbytes:.1f}x smaller) in {quantize_seconds:.1f} s"
     )
+    out.print(f"peak memory (RSS) of this run: {result['peak_rss_bytes'] / 2**20:,.0f} MiB")
     if calib is not None:
         out.print(f"calibrated on {nsamples} windows of {window} tokens from {calib} ({tokens:,} tokens)")
     table = _numbers_table("per-layer error vs float (one window)", "module", ("class", "output SQNR dB", "MSE"))
@@ -132,6 +165,8 @@ def quantize_hf(
         table.add_row(e.name, e.kind, f"{e.output_sqnr_db:.1f}", f"{e.output_mse:.3g}")
     if per_layer:
         out.print(table)
+    elif offload:
+        out.note("no per-layer errors under --offload (they need the whole float model in memory)")
     out.print(f"wrote {output} (model.safetensors, quanta.json, config.json, tokenizer); reloaded it: same logits")
     out.note(f"evaluate it with: quanta eval {output} --ppl FILE.txt --ref {source}")
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from quanta.errors import CorruptDataError, InvalidTensorError, QuantaError
 
-__all__ = ["atomic_path", "load_tensors", "save_tensors"]
+__all__ = ["SafetensorsReader", "atomic_path", "load_tensors", "save_tensors"]
 
 
 @contextmanager
@@ -81,26 +81,61 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     Raises:
         CorruptDataError: the file is missing, truncated or not a safetensors file.
     """
+    reader = SafetensorsReader(path)
+    if not reader.readable:  # a dtype this reader does not map: let safetensors read the file
+        with _corrupt_as_error(path):
+            return load_file(str(path))
+    return {name: reader.read(name) for name in reader.names()}
+
+
+class SafetensorsReader:
+    """Reads the tensors of one safetensors file one at a time, each into its own fresh memory (no memory map).
+
+    Made for streaming: a reader holds the header only, so a process can go through a file many times its memory
+    a tensor at a time (the sequential LM pipeline's ``--offload``). The file is validated by safetensors once, on
+    construction.
+
+    Raises:
+        CorruptDataError: the file is missing, truncated or not a safetensors file (on construction or on a read).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        with _corrupt_as_error(self.path):
+            with safe_open(str(self.path), framework="pt") as handle:  # validates without reading the data
+                self._names = list(handle.keys())
+            with open(self.path, "rb") as file:
+                (size,) = struct.unpack("<Q", file.read(8))
+                self._header = json.loads(file.read(size))
+            self._base = 8 + size
+        # False when a tensor has a dtype this reader does not map (the caller falls back to safetensors).
+        self.readable = all(self._header[n]["dtype"] in _DTYPES for n in self._names)
+
+    def names(self) -> list[str]:
+        """The tensor names, in file order."""
+        return list(self._names)
+
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` as stored (its dtype and shape), in freshly allocated memory."""
+        if name not in self._header or name == "__metadata__":
+            raise QuantaError(f"{self.path} has no tensor {name!r}.")
+        info = self._header[name]
+        dtype = _DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise CorruptDataError(f"{self.path}: tensor {name!r} has dtype {info['dtype']}, which quanta cannot read.")
+        start, end = info["data_offsets"]
+        data = torch.empty(end - start, dtype=torch.uint8)
+        with _corrupt_as_error(self.path), open(self.path, "rb") as file:
+            file.seek(self._base + start)
+            if end > start and file.readinto(data.numpy().data) != end - start:
+                raise CorruptDataError(f"{self.path} ends inside tensor {name!r}; it is truncated, so re-create it.")
+        return data.view(dtype).reshape(info["shape"])
+
+
+@contextmanager
+def _corrupt_as_error(path: str | os.PathLike[str]) -> Iterator[None]:
     try:
-        with safe_open(str(path), framework="pt") as handle:  # validates without reading the data
-            names = list(handle.keys())
-        with open(path, "rb") as file:
-            (size,) = struct.unpack("<Q", file.read(8))
-            header = json.loads(file.read(size))
-            base = 8 + size
-            out: dict[str, torch.Tensor] = {}
-            for name in names:
-                info = header[name]
-                dtype = _DTYPES.get(info["dtype"])
-                if dtype is None:  # a dtype this reader does not map: let safetensors read the file
-                    return load_file(str(path))
-                start, end = info["data_offsets"]
-                data = torch.empty(end - start, dtype=torch.uint8)
-                file.seek(base + start)
-                if end > start and file.readinto(data.numpy().data) != end - start:
-                    raise CorruptDataError(f"{path} ends inside tensor {name!r}; it is truncated, so re-create it.")
-                out[name] = data.view(dtype).reshape(info["shape"])
-            return out
+        yield
     except FileNotFoundError as exc:
         raise CorruptDataError(f"{path} does not exist.") from exc
     except (SafetensorError, OSError, ValueError, KeyError, struct.error) as exc:

@@ -63,6 +63,25 @@ def test_quantize_writes_a_directory_that_loads_alone(quantized: tuple[Path, dic
     assert quanta.model_nbytes(loaded) == report["nbytes"] < report["float_nbytes"]  # type: ignore[operator]
 
 
+def test_offloaded_resumable_quantize_writes_the_same_model(
+    tmp_path: Path, texts: tuple[Path, Path], quantized: tuple[Path, dict[str, object]]
+) -> None:
+    out = tmp_path / "offloaded"
+    args = [
+        "quantize", str(SRC), "-r", "w4a16-g32-gptq", "--calib", str(texts[0]), "--nsamples", "8", "--seqlen", "128",
+        "-o", str(out), "--offload", "--resume", "--json",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["offload"] is True and report["float_nbytes"] == quantized[1]["float_nbytes"]
+    # Same blocks, same inputs, same methods: the file of the in-memory run, byte for byte.
+    assert (out / "model.safetensors").read_bytes() == (quantized[0] / "model.safetensors").read_bytes()
+    assert not (tmp_path / ".offloaded.resume").exists()  # the per-block state goes once the model is saved
+    _fails(["quantize", str(SRC), "-r", "w8a16", "--offload", "-o", str(tmp_path / "x")], "--calib FILE.txt")
+    _fails(["quantize", str(quantized[0]), "-r", "w8a16", "-o", str(tmp_path / "y")], "already quantized")
+
+
 def test_eval_matches_the_api_and_compares_with_the_float_model(
     quantized: tuple[Path, dict[str, object]], texts: tuple[Path, Path]
 ) -> None:

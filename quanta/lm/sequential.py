@@ -17,6 +17,7 @@ modules, kernels, quanta.json), differing only in what data each layer was calib
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,8 +25,10 @@ import torch
 from torch import nn
 
 from quanta.api import _plan, _validate, quantize_resolved
-from quanta.calib import call_step
-from quanta.errors import QuantaError, UnsupportedError
+from quanta.calib import Fingerprint, call_step
+from quanta.errors import CorruptDataError, QuantaError, UnsupportedError
+from quanta.lm.offload import ShardedWeights, materialize
+from quanta.lm.resume import BlockState, run_key
 from quanta.recipe import Recipe, resolve_recipe
 
 __all__ = ["find_blocks", "quantize_sequential"]
@@ -107,18 +110,28 @@ def _next_inputs(output: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def quantize_sequential(
-    model: nn.Module, recipe: Recipe | str, calib: Iterable[Any] | None, *, progress: bool = False
+    model: nn.Module,
+    recipe: Recipe | str,
+    calib: Iterable[Any] | None,
+    *,
+    progress: bool = False,
+    resume: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Quantize ``model`` in place block by block (see the module docstring) and return it.
 
     Args:
-        model: a transformer (any module tree with a list of repeated blocks).
+        model: a transformer (any module tree with a list of repeated blocks). A model from
+            :func:`quanta.lm.load_offloaded` has its blocks on disk: each is read just before it is quantized.
         recipe: a Recipe, a preset name or a recipe JSON path, as for :func:`quanta.quantize`.
         calib: calibration steps (token-id batches); required (the point is calibrating on each block's inputs).
         progress: show a progress bar over the blocks.
+        resume: a directory for the run's per-block state (:mod:`quanta.lm.resume`): each finished block is
+            recorded there, and a run that finds a state there continues after its last finished block with
+            the same result, byte for byte. Remove it (``BlockState.clear``) once the model is saved.
 
     Raises:
-        QuantaError: no calibration data, no repeated blocks, or a step that never reaches the first block.
+        QuantaError: no calibration data, no repeated blocks, a step that never reaches the first block, or a
+            resume state left by a run with other settings.
         UnsupportedError: a recipe that keeps the first and last layers in float (whole-model positions).
     """
     resolved = resolve_recipe(recipe)
@@ -136,7 +149,21 @@ def quantize_sequential(
     planned, _ = _plan(model, resolved)
     _validate(model, resolved, planned, from_preset, steps)
     name, blocks = find_blocks(model)
+    offload: ShardedWeights | None = getattr(model, "quanta_offload", None)
+    state, finished = None, 0
+    if resume is not None:
+        fingerprint = Fingerprint()
+        list(fingerprint.wrap(steps))
+        state = BlockState(resume, run_key(resolved.to_dict(), fingerprint.hexdigest(), blocks))
+        finished = state.finished()
+        if finished > len(blocks):
+            raise CorruptDataError(f"{resume} records {finished} finished blocks of {len(blocks)}; delete it.")
     inputs = _capture_inputs(model, blocks[0], steps)
+    if state is not None and finished:
+        hidden = state.hidden(finished)
+        if len(hidden) != len(inputs):
+            raise CorruptDataError(f"{resume} holds {len(hidden)} calibration steps, not {len(inputs)}; delete it.")
+        inputs = [((h, *args[1:]), kwargs) for h, (args, kwargs) in zip(hidden, inputs, strict=True)]
     indices: Iterable[int] = range(len(blocks))
     if progress:
         from rich.progress import track
@@ -144,10 +171,17 @@ def quantize_sequential(
         indices = track(list(indices), description="quantizing blocks")
     for i in indices:
         scope = _BlockScope(f"{name}.{i}", blocks[i])
+        if state is not None and i < finished:
+            state.restore(scope, i)  # packed as the killed run left it; its outputs are the saved hidden states
+            continue
+        if offload is not None:
+            materialize(blocks[i], f"{name}.{i}", offload)  # this block's float weights, read from disk now
         # Each step as one keyword argument: calibration passes call model(**step) for a dict.
         quantize_resolved(scope, resolved, [{"step": s} for s in inputs], check_rules=False)
         block = scope.get_submodule(scope.path)  # the same module object, its layers now packed
         with torch.no_grad():
             inputs = [(_next_inputs(block(*args, **kwargs), args), kwargs) for args, kwargs in inputs]
+        if state is not None:
+            state.record(scope, i, [args[0] for args, _ in inputs])
     # Embeddings, final norm, lm_head: the recipe on the whole model (already packed blocks are skipped).
     return quantize_resolved(model, resolved, steps, progress=False, check_rules=False)
