@@ -204,9 +204,8 @@ def main(argv: list[str] | None = None) -> None:
             removed = f"{100 * (1 - delta / rtn_delta):.0f}%" if rtn_delta else ""
             row = f"{float_ppl + delta:>9.4f} {delta:>+9.4f} {removed:>7}  {len(skip)}"
             print(f"W{bits} g{group:<7} {tool:<10} {name:<14} {row}")
-    print(
-        "Command: .venv/bin/python benchmarks/bench_lm_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    )
+    args_given = argv if argv is not None else sys.argv[1:]
+    print("Command: " + " ".join([".venv/bin/python benchmarks/bench_lm_peers.py", *args_given]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from quanta import calib as calib_module
+from quanta import distributed
 from quanta.codec import quantize_tensor
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.methods.pipeline import MethodPlan, Target
@@ -123,6 +124,7 @@ def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None
             f"{static[0].rule.activation} activations are quantized statically and need calibration data: "
             "pass calib=... (an iterable of inputs), or use dynamic activations (e.g. w8a8-dyn)."
         )
+    distributed.refuse("static activation ranges (observers)")
     observers: dict[str, Observer] = {}
     handles = []
     for step in static:

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from quanta import calib as calib_module
+from quanta import distributed
 from quanta.codec import quantize_tensor
-from quanta.errors import UnsupportedError
+from quanta.errors import QuantaError, UnsupportedError
 from quanta.formats.integer import IntegerFormat
 from quanta.methods.layers import has_matrix_view, input_vector_count, input_vectors, weight_matrix
 from quanta.methods.registry import Collect, Method, Round, register_method
@@ -61,13 +62,22 @@ def layer_hessians(
 ) -> dict[str, torch.Tensor]:
     """``H = E[x x^T]`` (K, K) of the input vectors of each named layer, over the calibration data, in one pass.
 
-    A convolution sees one vector per output position; at most ``rows_per_step`` of them per calibration step
-    are kept, drawn uniformly with a seeded generator, so the cost stays bounded on large images.
+    A convolution sees one vector per output position (a long sequence one per token); at most ``rows_per_step``
+    of them per calibration step are kept, drawn uniformly with a generator seeded by ``seed`` and the step's
+    index, so the cost stays bounded on large inputs. Each step's ``sum x x^T`` is one float64 partial, and the
+    partials are added along a fixed tree over the step indices (:class:`quanta.distributed.TreeSum`): inside
+    :func:`quanta.distributed.across`, each rank sums its own steps and the ranks' sums are combined to the very
+    bits one process would get.
     """
+    steps = list(calib)
+    if not steps:
+        raise QuantaError("the calibration data is empty; pass at least one batch of inputs.")
+    first, end, total = distributed.step_range(len(steps))
     modules = dict(model.named_modules())
-    sums: dict[str, torch.Tensor] = {}
+    trees = {name: distributed.TreeSum(first, end, total) for name in names}
+    partials: dict[str, torch.Tensor] = {}  # the current step's
     counts: dict[str, int] = dict.fromkeys(names, 0)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator()
     handles = []
     for name in names:
 
@@ -80,16 +90,32 @@ def layer_hessians(
             if keep is not None and x.numel() < keep.shape[0] * weight_matrix(module).shape[1]:
                 x = x.double()  # fewer values to convert before the gather than after (patches overlap)
             rows = input_vectors(module, x, keep).double()  # (rows, K), exact in float64
-            sums[name] = sums.get(name, 0) + rows.T @ rows  # (K, K)
+            if name in partials:  # a module called twice in one step
+                partials[name] = partials[name] + rows.T @ rows
+            else:
+                partials[name] = rows.T @ rows  # (K, K)
             counts[name] += rows.shape[0]
 
         handles.append(modules[name].register_forward_pre_hook(hook))
     try:
-        calib_module.run(model, calib)
+        with torch.no_grad():
+            for index, step in enumerate(steps):
+                generator.manual_seed(seed * 1_000_003 + first + index)  # the same draws on any rank
+                calib_module.call_step(model, step, index)
+                for name in names:
+                    k = weight_matrix(modules[name]).shape[1]
+                    zero = partials.pop(name, None)
+                    trees[name].add(torch.zeros(k, k, dtype=torch.float64) if zero is None else zero)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: (sums[name] / counts[name]).float() for name in names if counts[name]}
+    hessians = {}
+    for name in names:
+        count = distributed.combine_count(counts[name])
+        total_sum = distributed.combine(trees[name].result())
+        if count:
+            hessians[name] = (total_sum / count).float()
+    return hessians
 
 
 def _h(v: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from quanta import distributed
 from quanta.calib import call_step, run
 from quanta.errors import QuantaError
 
@@ -119,6 +120,7 @@ def find_groups(model: nn.Module, names: Iterable[str], steps: list[Any], keep_r
 
 
 def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows: bool) -> None:
+    distributed.refuse("AWQ and SmoothQuant activation statistics")
     """Per-channel statistics of each group's input (its first layer's input) over every step."""
     generator = torch.Generator().manual_seed(0)
     sampled: dict[str, list[torch.Tensor]] = {g.norm_name: [] for g in groups}
