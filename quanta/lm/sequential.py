@@ -148,6 +148,7 @@ def quantize_sequential(
     # method cannot use, NaN weights), as quanta.quantize does.
     planned, _ = _plan(model, resolved)
     _validate(model, resolved, planned, from_preset, steps)
+    del planned  # it holds every float layer: kept, it would keep each block's float weights alive to the end
     name, blocks = find_blocks(model)
     offload: ShardedWeights | None = getattr(model, "quanta_offload", None)
     state, finished = None, 0

@@ -65,33 +65,48 @@ def check_scheme(scheme: QScheme) -> str | None:
     return None
 
 
-def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+def _inverse_cholesky(
+    hessian: torch.Tensor, damp: float, perm: torch.Tensor | None, first_attempt: int = 0
+) -> torch.Tensor:
     """Upper Cholesky factor ``U`` of ``(H + damp * mean(diag H) * I)^-1`` in float64, damping more if needed.
 
-    At most three ``K x K`` float64 matrices are alive at once besides ``hessian`` (each intermediate is dropped as
-    soon as the next exists): for a 11008-wide down projection one is 0.97 GB, so copies decide the peak memory.
+    ``H`` is ``hessian`` in float64, dead inputs (zero diagonal) set to 1 on the diagonal, permuted by ``perm``
+    (act-order). Memory decides the order of work here: a 11008-wide down projection's ``K x K`` float64 matrix is
+    0.97 GB, so the working copy is damped in place and every matrix is dropped as soon as the next one exists (at
+    most two alive, plus LAPACK's workspace).
     """
-    mean_diag = float(hessian.diagonal().mean())
-    for attempt in range(DAMP_TRIES + 1):
+    h = hessian.detach().double().clone()
+    dead = h.diagonal() == 0
+    h.diagonal()[dead] = 1.0
+    if perm is not None:
+        h = h[perm][:, perm]
+    mean_diag = float(h.diagonal().mean())
+    applied, attempt, factor = 0.0, first_attempt, damp
+    lower: torch.Tensor | None = None
+    for attempt in range(first_attempt, DAMP_TRIES + 1):
         factor = damp * DAMP_GROWTH**attempt
-        damped = hessian.clone()
-        damped.diagonal().add_(factor * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(damped)
-        del damped
+        h.diagonal().add_((factor - applied) * mean_diag)
+        applied = factor
+        candidate, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(lower)
-            del lower
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if int(info) == 0:
-                if attempt:
-                    warnings.warn(
-                        f"gptq: the Hessian is near singular; damping raised from {damp:g} to {factor:g}.", stacklevel=3
-                    )
-                return upper
-    raise UnsupportedError(
-        f"gptq: the Hessian stays singular with damping {factor:g}; use more calibration data or rtn for this layer."
-    )
+            lower = candidate
+            break
+        del candidate
+    if lower is None:
+        raise UnsupportedError(
+            f"gptq: the Hessian stays singular with damping {factor:g}; use more calibration data or rtn for this "
+            "layer."
+        )
+    del h
+    inverse = torch.cholesky_inverse(lower)
+    del lower
+    upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+    del inverse
+    if int(info) != 0:  # the inverse lost definiteness in rounding: start over with more damping
+        return _inverse_cholesky(hessian, damp, perm, attempt + 1)
+    if attempt:
+        warnings.warn(f"gptq: the Hessian is near singular; damping raised from {damp:g} to {factor:g}.", stacklevel=3)
+    return upper
 
 
 SHRINK = tuple(1.0 - 0.01 * k for k in range(21))  # range factors tried by the error-minimising grid
@@ -192,16 +207,13 @@ def gptq_weight(
     per_group = scheme.granularity == "group"
     size = min(int(scheme.group_size or cols), cols) if per_group else cols
 
-    h = hessian.detach().double().clone()
     w = w_float.clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
+    diagonal = hessian.detach().diagonal().double()
+    dead = diagonal == 0
     w[:, dead] = 0.0
-    perm = torch.argsort(h.diagonal(), descending=True, stable=True) if desc_act else torch.arange(cols)
-    if desc_act:
-        h = h[perm][:, perm]
-    u = _inverse_cholesky(h, damp).float()  # (K, K), in processing order
-    del h
+    diagonal[dead] = 1.0
+    perm = torch.argsort(diagonal, descending=True, stable=True) if desc_act else torch.arange(cols)
+    u = _inverse_cholesky(hessian, damp, perm if desc_act else None).float()  # (K, K), in processing order
 
     def fit(x: torch.Tensor) -> Params:  # x (rows, cols) -> params (rows, 1)
         if grid_search:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,14 @@ def test_offloaded_run_equals_the_in_memory_run_with_one_float_block_at_a_time(
     assert not offloaded.model.embed_tokens.weight.is_meta
     assert (offloaded.lm_head.weight is offloaded.model.embed_tokens.weight) == tie
     seen: list[int] = []
+    earlier: list[weakref.ref[torch.Tensor]] = []
     materialize = sequential.materialize
 
     def counting(block: nn.Module, prefix: str, weights: object) -> int:
         read = materialize(block, prefix, weights)  # type: ignore[arg-type]
         seen.append(_float_linears_in_blocks(offloaded))
+        assert all(ref() is None for ref in earlier)  # the float weights of packed blocks are freed, not only unlinked
+        earlier.append(weakref.ref(block.mlp.down_proj.weight))
         return read
 
     monkeypatch.setattr(sequential, "materialize", counting)
