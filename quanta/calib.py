@@ -40,6 +40,11 @@ def call_step(model: nn.Module, item: Any, index: int = 0, **extra: Any) -> Any:
             return model(*item, **extra)
         return model(item, **extra)
     except (TypeError, RuntimeError, IndexError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
+            raise QuantaError(
+                f"calibration step {index} ran out of memory ({exc}); use fewer or shorter calibration steps "
+                "(--nsamples, --seqlen), or --offload for a language model."
+            ) from exc
         shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
         raise QuantaError(
             f"calibration step {index} ({shape}) does not fit {type(model).__name__}.forward: {exc}. "

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from quanta.errors import CorruptDataError, InvalidTensorError, QuantaError
@@ -102,12 +105,8 @@ class SafetensorsReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         with _corrupt_as_error(self.path):
-            with safe_open(str(self.path), framework="pt") as handle:  # validates without reading the data
-                self._names = list(handle.keys())
-            with open(self.path, "rb") as file:
-                (size,) = struct.unpack("<Q", file.read(8))
-                self._header = json.loads(file.read(size))
-            self._base = 8 + size
+            self._header, self._base = _validated_header(self.path)
+        self._names = [n for n in self._header if n != "__metadata__"]
         # False when a tensor has a dtype this reader does not map (the caller falls back to safetensors).
         self.readable = all(self._header[n]["dtype"] in _DTYPES for n in self._names)
 
@@ -130,6 +129,46 @@ class SafetensorsReader:
             if end > start and file.readinto(data.numpy().data) != end - start:
                 raise CorruptDataError(f"{self.path} ends inside tensor {name!r}; it is truncated, so re-create it.")
         return data.view(dtype).reshape(info["shape"])
+
+
+_ITEM_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8}
+_ITEM_BITS |= {"BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "U16": 16, "U32": 32, "U64": 64}
+MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def _validated_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and where its data starts, checked the way safetensors checks it
+    (sizes, offsets inside the file, each tensor's bytes matching its dtype and shape, no overlap), without
+    mapping the file: a memory map of a multi-GB shard would count against an address-space limit."""
+    file_size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than the 8-byte header length")
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER or 8 + size > file_size:
+            raise ValueError(f"header length {size} does not fit the file")
+        header = json.loads(file.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = (int(v) for v in info["data_offsets"])
+        bits = _ITEM_BITS.get(info["dtype"])
+        numel = math.prod(int(d) for d in info["shape"])
+        if bits is not None and (end - start) * 8 != numel * bits:
+            raise ValueError(
+                f"tensor {name!r} holds {end - start} bytes, not what {info['dtype']}{info['shape']} needs"
+            )
+        if not 0 <= start <= end <= file_size - 8 - size:
+            raise ValueError(f"tensor {name!r} lies outside the file (offsets {start}..{end})")
+        spans.append((start, end))
+    spans.sort()
+    if any(a_end > b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans)):
+        raise ValueError("two tensors overlap")
+    return header, 8 + size
 
 
 @contextmanager

@@ -3,14 +3,17 @@ and turns damaged files into CorruptDataError."""
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from quanta.errors import CorruptDataError
-from quanta.io import load_tensors, save_tensors
+from quanta.io import SafetensorsReader, load_tensors, save_tensors
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -52,3 +55,32 @@ def test_truncated_and_corrupt_files_raise_corrupt_data_errors(tmp_path: Path) -
             load_tensors(tmp_path / f"{name}.safetensors")
     with pytest.raises(CorruptDataError, match="does not exist"):
         load_tensors(tmp_path / "missing.safetensors")
+
+
+def _crafted(path: Path, header: dict[str, object], data: bytes) -> Path:
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 12]}},  # 12 bytes for two floats
+        {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},  # overlap
+        {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},  # past the end of the data
+    ],
+)  # fmt: skip
+def test_headers_safetensors_rejects_are_rejected_without_mapping_the_file(
+    tmp_path: Path, header: dict[str, object]
+) -> None:
+    path = _crafted(tmp_path / "bad.safetensors", header, bytes(12))
+    with pytest.raises(SafetensorError):  # the reference implementation rejects the file too
+        load_file(str(path))
+    with pytest.raises(CorruptDataError, match="re-create it"):
+        SafetensorsReader(path)
+    good = _crafted(
+        tmp_path / "good.safetensors", {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}}, bytes(12)
+    )
+    assert torch.equal(SafetensorsReader(good).read("a"), load_file(str(good))["a"])

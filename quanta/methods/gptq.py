@@ -75,7 +75,7 @@ def _inverse_cholesky(
     0.97 GB, so the working copy is damped in place and every matrix is dropped as soon as the next one exists (at
     most two alive, plus LAPACK's workspace).
     """
-    h = hessian.detach().double().clone()
+    h = hessian.detach().to(torch.float64, copy=True)  # one copy (.double().clone() makes two)
     dead = h.diagonal() == 0
     h.diagonal()[dead] = 1.0
     if perm is not None:
