@@ -15,6 +15,7 @@ from quanta.checkpoint import load, save
 from quanta.codec import dequantize, fake_quantize, quantize_tensor
 from quanta.formats import get_format
 from quanta.primitives import metrics
+from quanta.qat import convert, prepare_qat
 from quanta.recipe import Recipe, Rule, preset
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
@@ -25,6 +26,7 @@ __all__ = [
     "Recipe",
     "Rule",
     "__version__",
+    "convert",
     "dequantize",
     "errors",
     "fake_quantize",
@@ -32,6 +34,7 @@ __all__ = [
     "load",
     "metrics",
     "model_nbytes",
+    "prepare_qat",
     "preset",
     "quantize",
     "quantize_tensor",

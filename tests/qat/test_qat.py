@@ -1,0 +1,102 @@
+"""Quantization-aware training: prepare_qat -> train -> convert gives the packed model of the trained grids."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import quanta
+from quanta.codec import fake_quantize
+from quanta.errors import QuantaError, UnsupportedError
+from quanta.nn.base import QuantModule
+from quanta.qat import convert, prepare_qat
+from quanta.qat.quantizers import WeightQuantizer
+from quanta.scheme import QScheme
+
+
+def _net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+
+
+def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    return x, (x[:, 0, :4].sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 4:].sum(dim=(1, 2)) > 0).long()
+
+
+def _train(model: nn.Module, steps: int = 30) -> list[float]:
+    x, y = _data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
+@pytest.mark.parametrize("preset", ["w4a4", "w4a4-lsq", "w4a16-g32", "w2a8-lsq"])
+def test_converted_model_equals_the_trained_fake_quantized_model(preset: str, tmp_path: Path) -> None:
+    model = prepare_qat(_net(), preset)
+    losses = _train(model)
+    assert losses[-1] < 0.7 * losses[0]  # it learns through the fake quantizers
+    model.eval()
+    x, _ = _data(16)
+    with torch.no_grad():
+        fake = model(x)
+    convert(model)
+    assert all(isinstance(m, QuantModule) for m in (model[0], model[3]))
+    with torch.no_grad():
+        assert torch.equal(model(x), fake)  # the same grids, the same float operations
+    quanta.save(model, tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(quanta.load(tmp_path / "m", _net(5))(x), fake)
+
+
+def test_observed_weight_grid_is_rtn_and_lsq_starts_at_the_papers_step() -> None:
+    w = torch.randn(16, 32)
+    scheme = QScheme.parse("int4:ch:sym")
+    torch.testing.assert_close(WeightQuantizer(w, scheme, learned=False)(w), fake_quantize(w, scheme), rtol=0, atol=0)
+    lsq = WeightQuantizer(w, scheme, learned=True)
+    # 2 mean|w| / sqrt(Q_p), Q_p = 7 for signed 4-bit codes (Esser et al. 2020)
+    torch.testing.assert_close(lsq.step, (2 * w.abs().mean(dim=1, keepdim=True) / 7**0.5).reshape(16, 1))
+    w.requires_grad_(True)
+    lsq(w).sum().backward()
+    assert lsq.step.grad is not None and bool((lsq.step.grad != 0).any())  # the step sizes are trained
+
+
+def test_qat_recovers_accuracy_post_training_quantization_loses() -> None:
+    float_model = _net()
+    _train(float_model, 60)
+    x, y = _data()
+    ptq = quanta.quantize(copy.deepcopy(float_model), "w2a8", calib=[x])
+    qat = prepare_qat(copy.deepcopy(float_model), "w2a8-lsq")
+    _train(qat, 60)
+    convert(qat.eval())
+    with torch.no_grad():
+        ptq_loss = float(nn.functional.cross_entropy(ptq(x), y))
+        qat_loss = float(nn.functional.cross_entropy(qat(x), y))
+    assert qat_loss < ptq_loss
+
+
+def test_bad_input_is_named_before_anything_changes() -> None:
+    model = _net()
+    with pytest.raises(UnsupportedError, match="post-training"):
+        prepare_qat(model, "w4a4-gptq")
+    with pytest.raises(UnsupportedError, match="no QAT form"):
+        prepare_qat(model, "nf4-g64")
+    assert type(model[0]) is nn.Conv2d  # untouched
+    with pytest.raises(QuantaError, match=r"prepare it with quanta\.prepare_qat"):
+        convert(model)
+    with pytest.raises(UnsupportedError, match=r"use quanta\.prepare_qat"):
+        quanta.quantize(copy.deepcopy(model), "w4a4-lsq", calib=[_data()[0]])
+    prepare_qat(model, "w4a4")
+    with pytest.raises(QuantaError, match="already quantized or prepared"):
+        prepare_qat(model, "w4a4")
