@@ -27,7 +27,7 @@ from quanta.eval import accuracy
 from quanta.zoo import load_pretrained, mnist_test
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PRESETS = ("w8a8", "w4a4", "w4a4-lsq", "w2a8-lsq")
+PRESETS = ("w8a8", "w4a4", "w4a4-lsq", "w2a8-lsq", "ternary", "binary", "bnn")
 BATCH = 128
 
 
@@ -57,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--presets", default=",".join(PRESETS), help="Comma-separated presets.")
     args = parser.parse_args()
     torch.manual_seed(0)
     x, y = mnist_test(args.data / "mnist_test")
@@ -71,9 +72,9 @@ def main() -> None:
     print(f"float32 pretrained {acc(base):.2f}%, fine-tuned {acc(float_model):.2f}% on the 2,000 held-out images")
     print(f"{'preset':<10} {'PTQ %':>7} {'QAT %':>7} {'QAT - float':>12} {'QAT - PTQ':>10} {'step time x':>12}")
     calib = [x_train[i : i + 128] for i in range(0, 512, 128)]
-    for preset in PRESETS:
+    for preset in args.presets.split(","):
         ptq_preset = preset.replace("-lsq", "")
-        ptq = acc(quanta.quantize(copy.deepcopy(base), ptq_preset, calib=calib))
+        ptq = acc(quanta.quantize(copy.deepcopy(base), ptq_preset, calib=calib))  # same scheme, no training
         model = quanta.prepare_qat(copy.deepcopy(base), preset)
         step = _train(model, x_train, y_train, args.epochs)
         qat = acc(quanta.convert(model))

@@ -26,7 +26,7 @@ from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.primitives.checks import check_finite
 from quanta.qat.modules import QAT_TWINS, QATModule
-from quanta.qat.quantizers import InputQuantizer, WeightQuantizer, check_qat_scheme
+from quanta.qat.quantizers import FormatInputQuantizer, WeightQuantizer, check_qat_scheme, input_quantizer
 from quanta.recipe import Recipe, resolve_recipe
 
 __all__ = ["QATModule", "convert", "prepare_qat"]
@@ -77,14 +77,14 @@ def prepare_qat(model: nn.Module, recipe: Recipe | str | os.PathLike[str]) -> nn
         act = rule.activation
         quantizers = (
             WeightQuantizer(weight, rule.weight, learned),
-            None if act is None else InputQuantizer(act, learned),
+            None if act is None else input_quantizer(act, learned),
         )
         plans.append((step, twin, quantizers))
-    for step, twin, (weight_quantizer, input_quantizer) in plans:
+    for step, twin, (weight_quantizer, inputs) in plans:
         module = step.module
         module.__class__ = twin  # the same object: parameters and optimizers built on them are kept
         module.add_module("weight_quantizer", weight_quantizer)
-        module.add_module("input_quantizer", input_quantizer)
+        module.add_module("input_quantizer", inputs)
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
     return model
 
@@ -101,14 +101,16 @@ def convert(model: nn.Module) -> nn.Module:
     for name, module in twins:
         with torch.no_grad():
             qweight = module.weight_quantizer.qtensor(module._parameters["weight"])  # type: ignore[arg-type]
-        input_quantizer = module.input_quantizer
+        inputs = module.input_quantizer
         module.__class__ = type(module).float_type  # type: ignore[assignment]  # back to the float layer the packed twin is built from
         quant_class = quant_class_for(module)
         assert quant_class is not None
         packed = quant_class.from_float_weights(module, {"weight": qweight})
-        if input_quantizer is not None:
-            scale, zero = input_quantizer.qparams()
-            packed.set_activation(input_quantizer.scheme, dynamic=False, scale=scale, zero=zero)
+        if isinstance(inputs, FormatInputQuantizer):
+            packed.set_activation(inputs.scheme, dynamic=False, params=inputs.format_params())
+        elif inputs is not None:
+            scale, zero = inputs.qparams()
+            packed.set_activation(inputs.scheme, dynamic=False, scale=scale, zero=zero)
         packed.train(module.training)
         model.set_submodule(name, packed)
     disable_fused_fast_paths(model)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quanta.qat.quantizers import InputQuantizer, WeightQuantizer
+from quanta.qat.quantizers import FormatInputQuantizer, InputQuantizer, WeightQuantizer
 
 __all__ = ["QAT_TWINS", "QATConv1d", "QATConv2d", "QATLinear", "QATModule"]
 
@@ -25,7 +25,7 @@ class QATModule(nn.Module):
 
     float_type: ClassVar[type[nn.Module]]
     weight_quantizer: WeightQuantizer
-    input_quantizer: InputQuantizer | None
+    input_quantizer: InputQuantizer | FormatInputQuantizer | None
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)

@@ -31,20 +31,28 @@ from quanta.formats.base import SCALE_DTYPES, int_storage_dtype
 from quanta.formats.integer import IntegerFormat
 from quanta.primitives.affine import affine_qparams, int_range, symmetric_scale, symmetric_zero
 from quanta.primitives.packing import pack
-from quanta.primitives.ste import fake_quantize_affine
+from quanta.primitives.ste import fake_quantize_affine, straight_through
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
-__all__ = ["InputQuantizer", "WeightQuantizer", "check_qat_scheme"]
+__all__ = ["FormatInputQuantizer", "InputQuantizer", "WeightQuantizer", "check_qat_scheme", "input_quantizer"]
 
 EMA = 0.1  # weight of each new batch in the observed input range
+MIN_STEP = 1e-8  # learned steps are kept above this (an optimizer step can push one through zero)
+
+
+QAT_FORMATS = ("int", "uint", "binary", "ternary", "fixed")  # format families with a QAT form
 
 
 def check_qat_scheme(scheme: QScheme, learned: bool) -> None:
     """Raise UnsupportedError for a scheme with no QAT form here."""
-    if not isinstance(scheme.fmt, IntegerFormat):
+    family = scheme.format.rstrip("0123456789")
+    if learned and not isinstance(scheme.fmt, IntegerFormat):
+        raise UnsupportedError(f"{scheme}: LSQ learns integer grids' steps; drop '-lsq' for {scheme.format}.")
+    if not isinstance(scheme.fmt, IntegerFormat) and family not in QAT_FORMATS and not scheme.format.startswith("q"):
         raise UnsupportedError(
-            f"{scheme} has no QAT form yet: quantization-aware training takes integer schemes (int2..int8)."
+            f"{scheme} has no QAT form yet: quantization-aware training takes integer, binary, ternary and "
+            "fixed-point (Qm.n) schemes."
         )
     if scheme.rounding != "rne":
         raise UnsupportedError(f"{scheme}: QAT rounds to nearest; drop ':sr'.")
@@ -120,7 +128,8 @@ class WeightQuantizer(nn.Module):
             return fake_quantize(w, self.scheme)  # RTN's grid, refitted each pass; STE where not clipped
         qmin, qmax = int_range(self.scheme.bits, self.scheme.fmt.signed_codes, self.scheme.narrow)
         blocks = self._blocks(w.float())
-        s = _step(self.step, _scale_dtype(self.scheme), 1.0 / math.sqrt(self.size * qmax)).unsqueeze(-1)
+        step = self.step.clamp(min=MIN_STEP)  # training may push a step through zero
+        s = _step(step, _scale_dtype(self.scheme), 1.0 / math.sqrt(self.size * qmax)).unsqueeze(-1)
         return _lsq(blocks, s, self.zero.unsqueeze(-1), qmin, qmax).reshape(w.shape).to(w.dtype)
 
     def qtensor(self, w: torch.Tensor) -> QTensor:
@@ -128,7 +137,7 @@ class WeightQuantizer(nn.Module):
         if not self.learned:
             return quantize_tensor(w.detach(), self.scheme)
         fmt, scheme = self.scheme.fmt, self.scheme
-        params = {"scale": self.step.detach().to(_scale_dtype(scheme))}
+        params = {"scale": self.step.detach().clamp(min=MIN_STEP).to(_scale_dtype(scheme))}
         if scheme.mode == "asym":
             params["zero"] = self.zero.to(int_storage_dtype(scheme.bits, fmt.signed_codes))
         blocks = self._blocks(w.detach().float())
@@ -166,7 +175,7 @@ class InputQuantizer(nn.Module):
         """``(scale, zero)`` as the packed module stores them."""
         qmin, qmax = self._qrange()
         if self.learned:
-            return self.step.detach().clamp(min=1e-8).to(_scale_dtype(self.scheme)).float(), self.zero.clone()
+            return self.step.detach().clamp(min=MIN_STEP).to(_scale_dtype(self.scheme)).float(), self.zero.clone()
         dtype = _scale_dtype(self.scheme)
         if self.scheme.mode == "asym":
             scale, zero = affine_qparams(self.lo, self.hi, qmin, qmax, dtype)
@@ -198,7 +207,63 @@ class InputQuantizer(nn.Module):
                     self.lo.lerp_(lo, EMA)
                     self.hi.lerp_(hi, EMA)
         if self.learned:
-            s = _step(self.step.clamp(min=1e-8), _scale_dtype(self.scheme), 1.0 / math.sqrt(values.numel() * qmax))
+            s = _step(self.step.clamp(min=MIN_STEP), _scale_dtype(self.scheme), 1.0 / math.sqrt(values.numel() * qmax))
             return _lsq(values, s, self.zero, qmin, qmax).to(x.dtype)
         scale, zero = self.qparams()
         return fake_quantize_affine(values, scale, zero, qmin, qmax).to(x.dtype)
+
+
+class FormatInputQuantizer(nn.Module):
+    """Static per-tensor fake quantization of an input with a non-integer format (binary, ternary, fixed point).
+
+    The format's parameters (e.g. binary's scale ``mean|x|``) are fitted on each training batch and averaged
+    (weight :data:`EMA` per batch after the first), frozen in eval mode; a fixed-point grid has none. The gradient
+    passes straight through where the format does not clip the input (for binary, ``|x| <= scale``: the hardtanh
+    estimator of binarized networks).
+    """
+
+    seen: torch.Tensor
+
+    def __init__(self, scheme: QScheme) -> None:
+        super().__init__()
+        check_qat_scheme(scheme, learned=False)
+        if scheme.granularity != "tensor":
+            raise UnsupportedError(f"{scheme}: QAT quantizes inputs per tensor; drop the granularity.")
+        self.scheme = scheme
+        self.learned = False
+        self.names = tuple(scheme.fmt.param_spec(scheme))
+        for name, (trailing, dtype) in scheme.fmt.param_spec(scheme).items():
+            self.register_buffer(f"param_{name}", torch.zeros((1, 1, *trailing), dtype=dtype))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+
+    def format_params(self) -> dict[str, torch.Tensor]:
+        """The format's parameters as the packed module stores them (``act_<name>`` buffers)."""
+        return {name: getattr(self, f"param_{name}").clone() for name in self.names}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmt, scheme = self.scheme.fmt, self.scheme
+        blocks = x.float().reshape(1, 1, -1)
+        if self.names and (self.training or not bool(self.seen)):
+            with torch.no_grad():
+                fitted = fmt.fit(blocks, scheme, None)
+                for name in self.names:
+                    buffer = getattr(self, f"param_{name}")
+                    value = fitted[name].reshape(buffer.shape).to(buffer.dtype)
+                    if bool(self.seen) and buffer.is_floating_point():
+                        value = buffer.float().lerp(value.float(), EMA).to(buffer.dtype)
+                    buffer.copy_(value)
+                self.seen.fill_(True)
+        params = self.format_params()
+        with torch.no_grad():
+            values = fmt.decode(fmt.encode(blocks, params, scheme, None), params, scheme).reshape(x.shape)
+            inside = fmt.inside(blocks, params, scheme).reshape(x.shape)
+        return straight_through(x, values.to(x.dtype), inside)
+
+
+def input_quantizer(scheme: QScheme, learned: bool) -> InputQuantizer | FormatInputQuantizer:
+    """The input quantizer for ``scheme``: integer grids get :class:`InputQuantizer`, other formats
+    :class:`FormatInputQuantizer`."""
+    if isinstance(scheme.fmt, IntegerFormat):
+        return InputQuantizer(scheme, learned)
+    check_qat_scheme(scheme, learned)
+    return FormatInputQuantizer(scheme)

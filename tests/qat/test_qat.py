@@ -13,14 +13,16 @@ import quanta
 from quanta.codec import fake_quantize
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.nn.base import QuantModule
-from quanta.qat import convert, prepare_qat
-from quanta.qat.quantizers import WeightQuantizer
+from quanta.qat import QATModule, convert, prepare_qat
+from quanta.qat.quantizers import WeightQuantizer, check_qat_scheme
 from quanta.scheme import QScheme
 
 
 def _net(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)
+    )  # fmt: skip
 
 
 def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,17 +44,18 @@ def _train(model: nn.Module, steps: int = 30) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("preset", ["w4a4", "w4a4-lsq", "w4a16-g32", "w2a8-lsq"])
+@pytest.mark.parametrize("preset", ["w4a4", "w4a4-lsq", "w4a16-g32", "w2a8-lsq", "binary", "ternary", "bnn", "q4.4"])
 def test_converted_model_equals_the_trained_fake_quantized_model(preset: str, tmp_path: Path) -> None:
     model = prepare_qat(_net(), preset)
-    losses = _train(model)
-    assert losses[-1] < 0.7 * losses[0]  # it learns through the fake quantizers
+    losses = _train(model, 40)
+    assert losses[-1] < 0.9 * losses[0]  # it learns through the fake quantizers
     model.eval()
     x, _ = _data(16)
     with torch.no_grad():
         fake = model(x)
     convert(model)
-    assert all(isinstance(m, QuantModule) for m in (model[0], model[3]))
+    assert not any(isinstance(m, QATModule) for m in model.modules())
+    assert isinstance(model[2], QuantModule)  # binary, ternary and bnn keep the first and last layers in float
     with torch.no_grad():
         assert torch.equal(model(x), fake)  # the same grids, the same float operations
     quanta.save(model, tmp_path / "m")
@@ -92,6 +95,8 @@ def test_bad_input_is_named_before_anything_changes() -> None:
         prepare_qat(model, "w4a4-gptq")
     with pytest.raises(UnsupportedError, match="no QAT form"):
         prepare_qat(model, "nf4-g64")
+    with pytest.raises(UnsupportedError, match="LSQ learns integer grids"):
+        check_qat_scheme(QScheme.parse("binary:ch"), learned=True)
     assert type(model[0]) is nn.Conv2d  # untouched
     with pytest.raises(QuantaError, match=r"prepare it with quanta\.prepare_qat"):
         convert(model)
