@@ -21,6 +21,7 @@ from torch import nn
 
 from quanta.api import _plan
 from quanta.errors import QuantaError, UnsupportedError
+from quanta.formats.integer import IntegerFormat
 from quanta.nn import int8_flow
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
@@ -66,7 +67,9 @@ def prepare_qat(model: nn.Module, recipe: Recipe | str | os.PathLike[str]) -> nn
             )
         learned = methods[0] == "lsq"
         assert rule.weight is not None
-        check_qat_scheme(rule.weight, learned)
+        # -lsq learns the steps of integer grids; binary / ternary / fixed-point weights keep their fitted scale
+        weight_learned = learned and isinstance(rule.weight.fmt, IntegerFormat)
+        check_qat_scheme(rule.weight, weight_learned)
         if rule.activation is not None:
             if rule.dynamic:
                 raise UnsupportedError(f"{step.name}: QAT quantizes inputs statically; drop '-dyn'.")
@@ -76,7 +79,7 @@ def prepare_qat(model: nn.Module, recipe: Recipe | str | os.PathLike[str]) -> nn
         check_finite(weight.detach(), f"the weight of {step.name}")
         act = rule.activation
         quantizers = (
-            WeightQuantizer(weight, rule.weight, learned),
+            WeightQuantizer(weight, rule.weight, weight_learned),
             None if act is None else input_quantizer(act, learned),
         )
         plans.append((step, twin, quantizers))
