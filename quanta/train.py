@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quanta.errors import QuantaError
+from quanta.qat import QATModule, freeze
 
 __all__ = ["distillation_loss", "fit"]
 
@@ -36,24 +37,36 @@ def fit(
     temperature: float = 2.0,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     optimizer: torch.optim.Optimizer | None = None,
+    freeze_at: int | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``data`` (re-iterated each epoch) and return each epoch's mean loss.
 
+    ``freeze_at``: after this many optimizer steps, freeze a QAT model's observers and BatchNorm statistics
+    (:func:`quanta.qat.freeze`) for the rest of training.
+
     Raises:
-        QuantaError: no batches, ``epochs < 1`` or ``kd_weight`` outside [0, 1].
+        QuantaError: no batches, ``epochs < 1``, ``kd_weight`` outside [0, 1], ``freeze_at < 0``, or
+            ``freeze_at`` on a model not prepared for QAT.
     """
     if epochs < 1:
         raise QuantaError(f"epochs must be >= 1, got {epochs}.")
     if not 0.0 <= kd_weight <= 1.0:
         raise QuantaError(f"kd_weight must be in [0, 1], got {kd_weight}.")
+    if freeze_at is not None and freeze_at < 0:
+        raise QuantaError(f"freeze_at must be >= 0 optimizer steps, got {freeze_at}.")
+    if freeze_at is not None and not any(isinstance(m, QATModule) for m in model.modules()):
+        raise QuantaError("freeze_at freezes QAT observers: prepare the model with quanta.prepare_qat first.")
     optimizer = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     if teacher is not None:
         teacher.eval()
     history = []
+    step = 0
     for _ in range(epochs):
         model.train()
         total, batches = 0.0, 0
         for x, y in data:
+            if step == freeze_at:
+                freeze(model)
             out = model(x)
             loss = loss_fn(out, y)
             if teacher is not None and kd_weight > 0:
@@ -63,6 +76,7 @@ def fit(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            step += 1
             total += float(loss.detach())
             batches += 1
         if batches == 0:

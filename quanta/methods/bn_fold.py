@@ -20,7 +20,7 @@ from torch import nn
 
 from quanta.errors import QuantaError
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["batchnorm_pairs", "fold_batchnorm"]
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -46,6 +46,19 @@ def _channels(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels  # type: ignore[return-value]
 
 
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer name, BatchNorm name)`` for every BatchNorm (tracking running statistics) registered right after a
+    Conv/Linear layer with as many channels, in the same parent."""
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        prefix = f"{parent_name}." if parent_name else ""
+        for (name_a, a), (name_b, b) in itertools.pairwise(list(parent.named_children())):
+            norm = isinstance(b, _NORMS) and b.track_running_stats
+            if isinstance(a, _LAYERS) and norm and _channels(a) == b.num_features:
+                pairs.append((prefix + name_a, prefix + name_b))
+    return pairs
+
+
 def fold_batchnorm(model: nn.Module, example_inputs: Any = None, atol: float = 1e-4) -> list[tuple[str, str]]:
     """Fold every inference BatchNorm into the layer registered just before it; the BatchNorm becomes Identity.
 
@@ -67,19 +80,12 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any = None, atol: float = 1
         before = model(*args) if example_inputs is not None else None
     pairs: list[tuple[str, str]] = []
     undo: list[tuple[str, nn.Module, str, nn.Module]] = []  # (layer name, layer as it was, bn name, bn)
-    for parent_name, parent in list(model.named_modules()):
-        for (name_a, a), (name_b, b) in itertools.pairwise(list(parent.named_children())):
-            if (
-                isinstance(a, _LAYERS)
-                and isinstance(b, _NORMS)
-                and b.track_running_stats
-                and _channels(a) == b.num_features
-            ):
-                prefix = f"{parent_name}." if parent_name else ""
-                undo.append((prefix + name_a, copy.deepcopy(a), prefix + name_b, b))
-                _fold_pair(a, b)
-                setattr(parent, name_b, nn.Identity())
-                pairs.append((prefix + name_a, prefix + name_b))
+    for layer_name, bn_name in batchnorm_pairs(model):
+        a, b = model.get_submodule(layer_name), model.get_submodule(bn_name)
+        undo.append((layer_name, copy.deepcopy(a), bn_name, b))
+        _fold_pair(a, b)
+        model.set_submodule(bn_name, nn.Identity())
+        pairs.append((layer_name, bn_name))
     if before is not None:
         with torch.no_grad():
             after = model(*args)

@@ -44,7 +44,10 @@ def _train(model: nn.Module, steps: int = 30) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("preset", ["w4a4", "w4a4-lsq", "w4a16-g32", "w2a8-lsq", "binary", "ternary", "bnn", "q4.4"])
+PRESETS = ["w4a4", "w4a4-lsq", "w4a4-lsqplus", "w4a4-pact", "w4a16-g32", "w2a8-lsq", "binary", "ternary", "bnn", "q4.4"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_converted_model_equals_the_trained_fake_quantized_model(preset: str, tmp_path: Path) -> None:
     model = prepare_qat(_net(), preset)
     losses = _train(model, 40)
@@ -66,8 +69,8 @@ def test_converted_model_equals_the_trained_fake_quantized_model(preset: str, tm
 def test_observed_weight_grid_is_rtn_and_lsq_starts_at_the_papers_step() -> None:
     w = torch.randn(16, 32)
     scheme = QScheme.parse("int4:ch:sym")
-    torch.testing.assert_close(WeightQuantizer(w, scheme, learned=False)(w), fake_quantize(w, scheme), rtol=0, atol=0)
-    lsq = WeightQuantizer(w, scheme, learned=True)
+    torch.testing.assert_close(WeightQuantizer(w, scheme, "rtn")(w), fake_quantize(w, scheme), rtol=0, atol=0)
+    lsq = WeightQuantizer(w, scheme, "lsq")
     # 2 mean|w| / sqrt(Q_p), Q_p = 7 for signed 4-bit codes (Esser et al. 2020)
     torch.testing.assert_close(lsq.step, (2 * w.abs().mean(dim=1, keepdim=True) / 7**0.5).reshape(16, 1))
     w.requires_grad_(True)
@@ -96,7 +99,7 @@ def test_bad_input_is_named_before_anything_changes() -> None:
     with pytest.raises(UnsupportedError, match="no QAT form"):
         prepare_qat(model, "nf4-g64")
     with pytest.raises(UnsupportedError, match="LSQ learns integer grids"):
-        check_qat_scheme(QScheme.parse("binary:ch"), learned=True)
+        check_qat_scheme(QScheme.parse("binary:ch"), "lsq")
     assert type(model[0]) is nn.Conv2d  # untouched
     with pytest.raises(QuantaError, match=r"prepare it with quanta\.prepare_qat"):
         convert(model)
@@ -105,3 +108,56 @@ def test_bad_input_is_named_before_anything_changes() -> None:
     prepare_qat(model, "w4a4")
     with pytest.raises(QuantaError, match="already quantized or prepared"):
         prepare_qat(model, "w4a4")
+
+
+def test_calibration_initialises_input_ranges_from_the_float_activations() -> None:
+    x1, x2 = _data(16)[0], _data(32)[0] * 2
+    float_model = _net()
+    seen: list[torch.Tensor] = []
+    hook = float_model[2].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        float_model(x1), float_model(x2)
+    hook.remove()
+    model = prepare_qat(copy.deepcopy(float_model), "w4a4", calib=[x1, x2])
+    q = model[2].input_quantizer
+    assert float(q.lo) == min(float(t.min()) for t in seen) and float(q.hi) == max(float(t.max()) for t in seen)
+    assert model.training == float_model.training
+    pact = prepare_qat(copy.deepcopy(float_model), "w4a4-pact", calib=[x1, x2])
+    assert float(pact[2].input_quantizer.lo) == 0.0  # post-ReLU inputs: PACT's [0, alpha]
+    with pytest.raises(QuantaError, match="calibration data is empty"):
+        prepare_qat(copy.deepcopy(float_model), "w4a4", calib=[])
+
+
+class _Tagger(nn.Module):
+    def __init__(self, rnn: type[nn.LSTM] | type[nn.GRU]) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = rnn(6, 16, num_layers=2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0]).flatten(0, 1)
+
+
+@pytest.mark.parametrize("rnn", [nn.LSTM, nn.GRU])
+def test_recurrent_layers_train_and_convert_to_their_packed_twins(rnn: type[nn.LSTM] | type[nn.GRU]) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 12, 6, generator=g)
+    y = (x.cumsum(dim=1)[..., 0] > 0).long() + (x[..., 1] > 0.5).long()
+    model = prepare_qat(_Tagger(rnn), "w4a8")
+    assert len(model.rnn.weight_quantizers) == 4  # ih and hh of two layers
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(model(x), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        fake = model(x)
+        convert(model)
+        assert isinstance(model.rnn, QuantModule)
+        assert torch.equal(model(x), fake)
