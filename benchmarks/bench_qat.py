@@ -2,7 +2,7 @@
 
 The pretrained LeNet-5 (../shared/data/lenet5_mnist) is fine-tuned with quantization in the loop on the first 8,000
 MNIST test images and evaluated on the other 2,000 (the split the issue names); PTQ calibrates on 512 of the 8,000.
-QAT: ``quanta.prepare_qat(model, preset)``, Adam (lr 1e-4 for the weights, 1e-3 for LSQ's step sizes), batch 128,
+QAT: ``quanta.prepare_qat(model, preset)``, Adam (lr 1e-4 for the weights, 1e-3 for learned steps, zero points and PACT's clipping levels), batch 128,
 ``--epochs`` passes, then ``quanta.convert``; the accuracy is the converted (packed) model's. The last column is
 the training-step time with fake quantization over the float model's (same batch of 128, Adam, median of 15 steps,
 measured back to back). ``bnn01``: binary weights with 1-bit activations coded {0, s} (see ``_binary_01``).
@@ -30,14 +30,15 @@ from quanta.scheme import QScheme
 from quanta.zoo import load_pretrained, mnist_test
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PRESETS = ("w8a8", "w4a4", "w4a4-lsq", "w2a8-lsq", "ternary", "binary", "bnn", "bnn01")
+PRESETS = ("w8a8", "w4a4", "w4a4-lsq", "w4a4-lsqplus", "w4a4-pact", "w2a8-lsq", "ternary", "binary", "bnn", "bnn01")
+RANGE_PARAMETERS = ("step", "input_quantizer.zero", "weight_quantizer.zero", "alpha")  # learned ranges: lr 1e-3
 BATCH = 128
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> None:
     """Fine-tune in place."""
-    steps = [p for n, p in model.named_parameters() if n.endswith("step")]
-    others = [p for n, p in model.named_parameters() if not n.endswith("step")]
+    steps = [p for n, p in model.named_parameters() if n.endswith(RANGE_PARAMETERS)]
+    others = [p for n, p in model.named_parameters() if not n.endswith(RANGE_PARAMETERS)]
     opt = torch.optim.Adam([{"params": others, "lr": 1e-4}, {"params": steps, "lr": 1e-3}])
     g = torch.Generator().manual_seed(seed)
     model.train()

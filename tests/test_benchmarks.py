@@ -40,3 +40,12 @@ def test_bench_memory_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("ResNet-20", "w4a16-g32", "measured / theory", "Largest deviation"):
         assert text in out
+
+
+def test_bench_rl_policy_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("gymnasium")
+    bench = _load("bench_rl_policy")
+    bench.main(["--episodes", "2", "--train-iters", "1", "--max-steps", "50", "--qat-epochs", "1"])  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    for text in ("float32", "w8a16", "ternary", "QAT"):
+        assert text in out
