@@ -2,8 +2,9 @@
 
 The pretrained LeNet-5 (../shared/data/lenet5_mnist) is fine-tuned with quantization in the loop on the first 8,000
 MNIST test images and evaluated on the other 2,000 (the split the issue names); PTQ calibrates on 512 of the 8,000.
-QAT: ``quanta.prepare_qat(model, preset)``, Adam (lr 1e-4 for the weights, 1e-3 for learned steps, zero points and PACT's clipping levels), batch 128,
-``--epochs`` passes, then ``quanta.convert``; the accuracy is the converted (packed) model's. The last column is
+QAT: ``quanta.prepare_qat(model, preset)``, Adam (lr 1e-4 for the weights, 1e-3 for learned steps, zero points
+and PACT's clipping levels), batch 128, ``--epochs`` passes, then ``quanta.convert``; the accuracy is the converted
+(packed) model's. The last column is
 the training-step time with fake quantization over the float model's (same batch of 128, Adam, median of 15 steps,
 measured back to back). ``bnn01``: binary weights with 1-bit activations coded {0, s} (see ``_binary_01``).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 import time
 from pathlib import Path
@@ -101,7 +103,7 @@ def main() -> None:
     batch = (x_train[:BATCH], y_train[:BATCH])
     for preset in args.presets.split(","):
         recipe: Recipe | str = _binary_01(base) if preset == "bnn01" else preset
-        ptq_recipe: Recipe | str = recipe if preset == "bnn01" else preset.replace("-lsq", "")
+        ptq_recipe: Recipe | str = recipe if preset == "bnn01" else re.sub(r"-(lsqplus|lsq|pact)$", "", preset)
         if preset == "bnn01":  # PTQ of the same schemes (the method slot says rtn there)
             ptq_recipe = Recipe(rules=[Rule(r.pattern, weight=r.weight, activation=r.activation) for r in recipe.rules])  # type: ignore[union-attr]
         ptq = acc(quanta.quantize(copy.deepcopy(base), ptq_recipe, calib=calib))  # same schemes, no training

@@ -284,3 +284,22 @@ register_method(
         fits_grid=True,
     )
 )
+
+# Act-order as its own name, so that a recipe (and every preset: w4a16-g128-gptqact, w4a16-g32-awq_gptqact) can ask
+# for it: columns by decreasing diag(H), groups' grids fitted before the columns move (static groups).
+_collect_act, _round_act = hessian_rounding(
+    "gptqact", lambda layer, scheme, h: gptq_weight(layer, scheme, h, grid_search=True, desc_act=True)
+)
+
+register_method(
+    Method(
+        "gptqact",
+        "rounding",
+        "GPTQ with act-order: columns processed by decreasing input energy diag(H), static group grids",
+        needs_data=True,
+        collect=_collect_act,
+        round=_round_act,
+        check=check_scheme,
+        fits_grid=True,
+    )
+)

@@ -175,3 +175,15 @@ def test_gptq_reduces_lenet5_error(
 ) -> None:
     model, calib, held = lenet
     assert _ratio(copy.deepcopy(model), calib, held, scheme) <= 0.9
+
+
+def test_act_order_preset_is_gptq_with_desc_act() -> None:
+    calib = [_correlated(64, 256, seed=s) for s in range(4)]
+    model = quanta.quantize(_mlp(), "w4a16-g32-gptqact", calib)
+    float_model = _mlp()
+    h = layer_hessians(float_model, ["0"], calib)["0"]
+    expected = gptq_weight(float_model[0], QScheme.parse("int4:g32:asym:sf16"), h, grid_search=True, desc_act=True)
+    plain = gptq_weight(float_model[0], QScheme.parse("int4:g32:asym:sf16"), h, grid_search=True)
+    assert str(model[0].qweight.scheme) == str(expected.scheme)
+    assert torch.equal(model[0].qweight.codes, expected.codes)
+    assert not torch.equal(expected.codes, plain.codes)  # the order changed the rounding
