@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from quanta.errors import UnsupportedError
+from quanta.nn.hf_conv1d import hf_conv1d
+from quanta.tensor import QTensor
 
 __all__ = [
     "WEIGHT_LAYERS",
@@ -20,11 +22,43 @@ __all__ = [
     "has_matrix_view",
     "input_vector_count",
     "input_vectors",
+    "linear_view",
     "output_channels",
+    "transposed_qtensor",
     "weight_matrix",
 ]
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def linear_view(module: nn.Module) -> nn.Linear | None:
+    """An ``nn.Linear`` computing what a transformers ``Conv1D`` (GPT-2's ``y = x W + b``, ``W`` stored ``(in,
+    out)``) computes, sharing its storage (``weight`` is the transposed view), so the data-aware methods see a
+    Linear and their in-place edits (AWQ's scales and clipping) land in the Conv1D; ``None`` for other modules."""
+    if hf_conv1d is None or type(module) is not hf_conv1d:
+        return None
+    weight = module.get_parameter("weight")
+    nx, nf = weight.shape
+    view = nn.Linear(nx, nf, bias=module._parameters.get("bias") is not None, device="meta")
+    view.weight = nn.Parameter(weight.detach().t(), requires_grad=False)
+    bias = module._parameters.get("bias")
+    if bias is not None:
+        view.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return view
+
+
+def transposed_qtensor(qweight: QTensor, module: nn.Module) -> QTensor:
+    """The QTensor of a :func:`linear_view` ``(out, in)`` weight as its Conv1D stores it: shape ``(in, out)``,
+    reduction axis 0. The codes and parameters are the same bytes (axis 0 lays them out as ``(out, in)`` rows)."""
+    shape = module.get_parameter("weight").shape
+    return QTensor(
+        codes=qweight.codes,
+        params=dict(qweight.params),
+        scheme=qweight.scheme,
+        shape=shape,
+        dtype=qweight.dtype,
+        axis=0,
+    )
 
 
 def output_channels(layer: nn.Module) -> int:

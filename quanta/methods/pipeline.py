@@ -11,14 +11,16 @@ a scheme a method cannot use, a method that needs data without ``calib``) before
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from quanta.errors import QuantaError, UnsupportedError
+from quanta.methods.layers import linear_view, transposed_qtensor
 from quanta.methods.registry import Method, Methods, TransformTarget, calibration_list, parse_methods
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
@@ -63,9 +65,31 @@ class MethodPlan:
         # Several passes are made over the data when methods run, so a generator is read into a list once.
         self.calib: Iterable[Any] | None = calibration_list(calib) if needs_list else calib
         self._stats: dict[str, Any] = {}
+        # GPT-2's Conv1D layers are shown to the methods as Linear views of the same storage
+        self._views = {t.name: v for t in self.targets if (v := linear_view(t.module)) is not None}
+
+    def _module(self, target: Target) -> nn.Module:
+        return self._views.get(target.name, target.module)
 
     def _names(self, method: Method) -> list[str]:
-        return [t.name for t in self.targets if method in self.methods[t.name].all and method.handles(t.module)]
+        return [t.name for t in self.targets if method in self.methods[t.name].all and method.handles(self._module(t))]
+
+    @contextlib.contextmanager
+    def _viewed(self, model: nn.Module) -> Iterator[None]:
+        """The model with its Conv1D targets replaced by their Linear views, restored afterwards."""
+        originals = {name: model.get_submodule(name) for name in self._views}
+        try:
+            for name, view in self._views.items():
+                model.set_submodule(name, view)
+            yield
+        finally:
+            for name, module in originals.items():
+                model.set_submodule(name, module)
+                view = self._views[name]
+                for attr, value in (("weight", view.weight.t()), ("bias", view.bias)):
+                    own = module._parameters.get(attr)
+                    if own is not None and value is not None and own.data_ptr() != value.data_ptr():
+                        own.data.copy_(value.detach())  # a method replaced the view's tensor instead of editing it
 
     def _distinct(self, stage: str) -> list[Method]:
         found: list[Method] = []
@@ -85,18 +109,19 @@ class MethodPlan:
         if not transforms and not collectors:
             return  # plain RTN: the calibration data (maybe a one-shot generator) is left for the observers
         steps = self._steps()
-        for method in transforms:
-            assert method.transform is not None
-            names = set(self._names(method))
-            plans = {
-                t.name: TransformTarget(t.scheme, self.methods[t.name].rounding)
-                for t in self.targets
-                if t.name in names
-            }
-            method.transform(model, plans, steps)
-        for method in collectors:
-            assert method.collect is not None
-            self._stats[method.name] = method.collect(model, self._names(method), steps)
+        with self._viewed(model):
+            for method in transforms:
+                assert method.transform is not None
+                names = set(self._names(method))
+                plans = {
+                    t.name: TransformTarget(t.scheme, self.methods[t.name].rounding)
+                    for t in self.targets
+                    if t.name in names
+                }
+                method.transform(model, plans, steps)
+            for method in collectors:
+                assert method.collect is not None
+                self._stats[method.name] = method.collect(model, self._names(method), steps)
 
     def rounds_weight(self, name: str, module: nn.Module, weight_name: str, axis: int | None) -> bool:
         """Whether the layer's rounding method quantizes this weight; else it is plain RTN.
@@ -107,7 +132,7 @@ class MethodPlan:
         method = self.methods[name].rounding
         if method.name == "rtn":
             return False
-        if weight_name == "weight" and axis is None:
+        if weight_name == "weight" and (axis is None or (axis == 0 and name in self._views)):
             return True
         warnings.warn(f"{method.name} does not handle {name}.{weight_name}; using rtn.", stacklevel=3)
         return False
@@ -115,10 +140,13 @@ class MethodPlan:
     def quantize_weight(self, name: str, module: nn.Module, scheme: QScheme) -> QTensor:
         """The layer's weight quantized by its rounding method."""
         method = self.methods[name].rounding
-        if not method.handles(module):
+        view = self._views.get(name)
+        if not method.handles(module if view is None else view):
             warnings.warn(f"{method.name} does not handle {type(module).__name__} ({name}); using rtn.", stacklevel=2)
             method = parse_methods("rtn").rounding
         assert method.round is not None
+        if view is not None:
+            return transposed_qtensor(method.round(name, view, scheme, self._stats.get(method.name)), module)
         return method.round(name, module, scheme, self._stats.get(method.name))
 
     def after(self, model: nn.Module) -> None:
@@ -128,4 +156,4 @@ class MethodPlan:
         for method in corrections:
             assert method.correct is not None
             names = set(self._names(method))
-            method.correct(model, {t.name: t.module for t in self.targets if t.name in names}, steps)
+            method.correct(model, {t.name: self._module(t) for t in self.targets if t.name in names}, steps)

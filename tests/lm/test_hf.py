@@ -93,3 +93,28 @@ def test_missing_transformers_names_the_extra(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
     with pytest.raises(QuantaError, match=r"pip install 'quanta\[hf\]'"):
         load_hf(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq", "awq_gptq", "gptqact"])
+def test_data_aware_methods_quantize_gpt2_conv1d_layers(method: str) -> None:
+    import warnings
+
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randint(0, 100, (4, 32), generator=g) for _ in range(4)]
+    held = torch.randint(0, 100, (4, 32), generator=g)
+    float_model = _tiny_gpt2()
+    with torch.no_grad():
+        reference = float_model(held).logits
+
+    def error(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float((model(held).logits - reference).pow(2).mean())
+
+    rtn = quanta.quantize(_tiny_gpt2(), "w3a16-g16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "does not handle ... using rtn" fallback
+        model = quanta.quantize(_tiny_gpt2(), f"w3a16-g16-{method}", calib)
+    layer = model.transformer.h[0].attn.c_attn
+    assert type(layer).__name__ == "QuantHFConv1D"
+    assert layer.qweight.axis == 0 and tuple(layer.qweight.shape) == (32, 96)
+    assert error(model) < error(rtn)
