@@ -25,6 +25,7 @@ from quanta.api import model_nbytes
 from quanta.errors import CorruptDataError, QuantaError
 from quanta.io import load_tensors, save_tensors
 from quanta.lm.hf import hf_skeleton, is_hf_model, tie_parameters, write_hf_files
+from quanta.lm.kv_cache import KEY_SCALE_BUFFER
 from quanta.nn import int8_flow
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
@@ -197,6 +198,8 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             model.set_submodule(name, packed)
         state = {k: v for k, v in tensors.items() if k not in meta_keys}
         swapped += _apply_structure(model, config, state, path)
+        if KEY_SCALE_BUFFER in state and KEY_SCALE_BUFFER not in model._buffers:  # calibrated KV-cache key scales
+            model.register_buffer(KEY_SCALE_BUFFER, torch.empty_like(state[KEY_SCALE_BUFFER]))
         try:
             # assign=True: a skeleton built on the meta device takes the loaded tensors as they are (no float copy).
             model.load_state_dict(state, strict=True, assign=True)

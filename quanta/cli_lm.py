@@ -67,6 +67,7 @@ def quantize_hf(
     from quanta.eval import layer_errors
     from quanta.lm import BlockState, calibration_windows, load_offloaded, quantize_sequential, tokenize_file
     from quanta.lm.hf import _load_tokenizer, transformers_module
+    from quanta.lm.kv_cache import calibrate_kv, kv_bits_of, kv_key_scales_of
     from quanta.methods.registry import get_method
     from quanta.nn.base import QuantModule
     from quanta.recipe import resolve_recipe
@@ -125,6 +126,9 @@ def quantize_hf(
             quantize_sequential(model, recipe, batches, progress=not out.quiet, resume=state_dir)
         else:
             quanta.quantize(model, recipe, progress=not out.quiet)
+        kv_bits = kv_bits_of(model)
+        if kv_bits is not None and batches:  # +kvN: static per-channel key scales, on the quantized model's keys
+            calibrate_kv(model, batches, kv_bits)
         quantize_seconds = time.perf_counter() - quantize_start
         quanta.save(model, output, overwrite=overwrite, tokenizer=tokenizer)
         if state_dir is not None:
@@ -145,6 +149,7 @@ def quantize_hf(
         "float_nbytes": float_nbytes,
         "nbytes": nbytes,
         "calib": None if calib is None else {"file": calib, "tokens": tokens, "windows": nsamples, "seqlen": window},
+        "kv_key_scales": "calibrated" if kv_key_scales_of(loaded) is not None else None,
         "layers": [vars(e) for e in per_layer],
         "quantize_seconds": quantize_seconds,
         "offload": offload,
@@ -268,7 +273,7 @@ def generate(
     """Greedy continuation of a prompt (deterministic: the same model and prompt give the same tokens)."""
     import torch
 
-    from quanta.lm.kv_cache import kv_bits_of, quantized_kv_cache
+    from quanta.lm.kv_cache import kv_bits_of, kv_key_scales_of, quantized_kv_cache
 
     out = _Out(as_json, quiet, seed)
     start = time.perf_counter()
@@ -279,7 +284,8 @@ def generate(
             raise QuantaError(f"{model} is not a generative model (no generate); use quanta eval for encoders.")
         ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.int64)
         bits = kv_bits_of(net)
-        cache = {} if bits is None else {"cache": quantized_kv_cache(bits)}  # the recipe's +kvN
+        # the recipe's +kvN, with the key scales calibrated at quantization when there are some
+        cache = {} if bits is None else {"cache": quantized_kv_cache(bits, kv_key_scales_of(net))}
         with torch.no_grad():
             tokens = net.generate(
                 ids,

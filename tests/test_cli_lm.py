@@ -147,3 +147,31 @@ def test_language_model_inputs_are_checked(tmp_path: Path, texts: tuple[Path, Pa
         shutil.copy(SRC / name, no_tokenizer / name)
     _fails(["eval", str(no_tokenizer), "--ppl", str(texts[1])], "tokenizer")
     _fails(["eval", str(SRC), "--ppl", str(short), "--seqlen", "128"], "fewer than one window")
+
+
+def test_kv4_preset_calibrates_per_channel_key_scales_that_beat_per_token_ones(
+    tmp_path: Path, texts: tuple[Path, Path]
+) -> None:
+    out = tmp_path / "kv4"
+    args = [
+        "quantize", str(SRC), "-r", "w8a16+kv4", "--calib", str(texts[0]), "--nsamples", "8", "--seqlen", "128",
+        "-o", str(out), "--json",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["kv_key_scales"] == "calibrated"
+    ppl = {}
+    for name, model in (("calibrated", str(out)),):
+        result = runner.invoke(app, ["eval", model, "--ppl", str(texts[1]), "--seqlen", "128", "--json"])
+        assert result.exit_code == 0, result.output
+        ppl[name] = json.loads(result.stdout)["perplexity"]
+    from quanta.eval import mean_nll
+    from quanta.lm import load_hf, tokenize_file
+    from quanta.lm.kv_cache import KEY_SCALE_BUFFER, with_kv_cache
+
+    model, tokenizer = load_hf(out)
+    ids = tokenize_file(texts[1], tokenizer)
+    assert ppl["calibrated"] == pytest.approx(math.exp(mean_nll(with_kv_cache(model, 4), ids, 128)), rel=1e-9)
+    del model._buffers[KEY_SCALE_BUFFER]  # the same model with per-token key scales
+    per_token = math.exp(mean_nll(with_kv_cache(model, 4), ids, 128))
+    assert ppl["calibrated"] < 0.8 * per_token

@@ -13,8 +13,16 @@ the same call: that is how the perplexity cost of the cache is measured (:func:`
 ``+kv4`` suffix of a preset records the choice in the recipe (quanta.json); ``quanta generate`` and
 ``quanta eval`` use it.
 
+Calibrated keys (:func:`calibrate_kv`): keys have outlier channels (the same few dimensions of every head are
+large for every token, e.g. from rotary position embeddings), so one scale per token wastes most levels on them.
+``calibrate_kv(model, steps, bits)`` runs calibration inputs through a recording cache and stores one static scale
+per (layer, key head, channel), ``max |k| / qmax`` over the calibration tokens, in the model as the buffer
+``quanta_kv_key_scale`` (saved in model.safetensors, reloaded by ``quanta.load``); a cache built with those scales
+stores key codes only (values keep per-token scales). ``quanta quantize --calib`` calibrates them for ``+kv4`` /
+``+kv8`` presets.
+
 Measured on stories260K (head_dim 8): ``kv8`` costs +0.2% perplexity and matches float greedy text; ``kv4`` with
-per-token scales is far worse (+150%): keys have outlier channels, which per-channel key scales (KIVI) would fix.
+per-token scales is far worse (+150%); see BENCHMARKS.md for calibrated per-channel keys.
 """
 
 from __future__ import annotations
@@ -28,9 +36,45 @@ from torch import nn
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.lm.hf import transformers_module
 
-__all__ = ["cache_nbytes", "dequantize_kv", "kv_bits_of", "quantize_kv", "quantized_kv_cache", "with_kv_cache"]
+__all__ = [
+    "KEY_SCALE_BUFFER",
+    "cache_nbytes",
+    "calibrate_kv",
+    "dequantize_kv",
+    "kv_bits_of",
+    "kv_key_scales_of",
+    "quantize_kv",
+    "quantize_kv_static",
+    "quantized_kv_cache",
+    "with_kv_cache",
+]
 
 SCALE_DTYPE = torch.float16
+KEY_SCALE_BUFFER = "quanta_kv_key_scale"  # (layers, key heads, head_dim) float16, on the model
+
+
+def _qmax(bits: int) -> int:
+    if bits not in (4, 8):
+        raise UnsupportedError(f"KV-cache codes are 8 or 4 bits, got {bits}: use +kv8 or +kv4.")
+    return 127 if bits == 8 else 7
+
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    if bits == 8:
+        return codes
+    if codes.shape[-1] % 2:
+        raise UnsupportedError(f"int4 KV codes pack two per byte: head_dim {codes.shape[-1]} is odd; use +kv8.")
+    nibbles = (codes + 8).to(torch.uint8)
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def quantize_kv_static(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes of ``x`` (batch, heads, tokens, head_dim) on the static per-channel grid ``scale`` (heads, head_dim):
+    ``clamp(round(x / scale), -qmax, qmax)``, packed as :func:`quantize_kv` packs them."""
+    qmax = _qmax(bits)
+    s = scale.float().unsqueeze(-2)  # (heads, 1, head_dim)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return _pack(torch.round(x.float() / safe).clamp_(-qmax, qmax).to(torch.int8), bits)
 
 
 def quantize_kv(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,18 +86,11 @@ def quantize_kv(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]
         >>> codes.tolist(), scales.float().item()
         ([[127, -64, 32, 0]], 0.00787353515625)
     """
-    if bits not in (4, 8):
-        raise UnsupportedError(f"KV-cache codes are 8 or 4 bits, got {bits}: use +kv8 or +kv4.")
-    qmax = 127 if bits == 8 else 7
+    qmax = _qmax(bits)
     scales = (x.detach().float().abs().amax(dim=-1, keepdim=True) / qmax).to(SCALE_DTYPE)
     safe = torch.where(scales > 0, scales.float(), torch.ones_like(scales, dtype=torch.float32))
     codes = torch.round(x.float() / safe).clamp_(-qmax, qmax).to(torch.int8)
-    if bits == 8:
-        return codes, scales
-    if x.shape[-1] % 2:
-        raise UnsupportedError(f"int4 KV codes pack two per byte: head_dim {x.shape[-1]} is odd; use +kv8.")
-    nibbles = (codes + 8).to(torch.uint8)
-    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4), scales
+    return _pack(codes, bits), scales
 
 
 def dequantize_kv(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
@@ -68,7 +105,10 @@ def _layer_class(bits: int) -> type[Any]:
     dynamic_layer: Any = transformers_module().cache_utils.DynamicLayer
 
     class QuantizedKVLayer(dynamic_layer):
-        """One attention layer's cache: int codes and float16 scales for keys and values."""
+        """One attention layer's cache: int codes and float16 scales for keys and values; with a static
+        ``key_scale`` (heads, head_dim), key codes only."""
+
+        key_scale: torch.Tensor | None = None
 
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             self.device, self.dtype = key_states.device, key_states.dtype
@@ -87,7 +127,17 @@ def _layer_class(bits: int) -> type[Any]:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             out = []
+            if self.key_scale is not None:
+                codes = quantize_kv_static(key_states, self.key_scale, bits)
+                old_codes, _ = self.stored["keys"]
+                self.stored["keys"] = (torch.cat([old_codes, codes], dim=-2), self.key_scale)
+                all_codes = self.stored["keys"][0]
+                scale = self.key_scale.float().unsqueeze(-2)  # (heads, 1, head_dim)
+                out.append(dequantize_kv(all_codes, torch.ones((), dtype=SCALE_DTYPE), bits, torch.float32) * scale)
+                out[0] = out[0].to(self.dtype)
             for name, new in (("keys", key_states), ("values", value_states)):
+                if name == "keys" and self.key_scale is not None:
+                    continue
                 codes, scales = quantize_kv(new, bits)
                 old_codes, old_scales = self.stored[name]
                 self.stored[name] = (torch.cat([old_codes, codes], dim=-2), torch.cat([old_scales, scales], dim=-2))
@@ -102,7 +152,11 @@ def _layer_class(bits: int) -> type[Any]:
 
         def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
             if self.is_initialized:
-                self.stored = {name: (fn(c), fn(s)) for name, (c, s) in self.stored.items()}
+                static = self.key_scale
+                self.stored = {
+                    name: (fn(c), s if (name == "keys" and static is not None) else fn(s))
+                    for name, (c, s) in self.stored.items()
+                }
 
         def crop(self, max_length: int) -> None:
             if max_length < 0:
@@ -142,18 +196,81 @@ def _layer_class(bits: int) -> type[Any]:
 _CLASSES: dict[int, type[Any]] = {}
 
 
-def quantized_kv_cache(bits: int) -> Any:
+def quantized_kv_cache(bits: int, key_scales: torch.Tensor | None = None) -> Any:
     """A fresh transformers ``Cache`` whose layers hold ``bits``-bit codes (8 or 4); one per generation.
+
+    ``key_scales`` (layers, key heads, head_dim), from :func:`calibrate_kv`: keys on static per-channel grids.
 
     Raises:
         UnsupportedError: bits other than 8 or 4. QuantaError: transformers is not installed.
     """
-    if bits not in (4, 8):
-        raise UnsupportedError(f"KV-cache codes are 8 or 4 bits, got {bits}: use +kv8 or +kv4.")
+    _qmax(bits)
     if bits not in _CLASSES:
         _CLASSES[bits] = _layer_class(bits)
-    cache = transformers_module().cache_utils.Cache(layer_class_to_replicate=_CLASSES[bits])
-    return cache
+    cache_type = transformers_module().cache_utils.Cache
+    if key_scales is None:
+        return cache_type(layer_class_to_replicate=_CLASSES[bits])
+    layers = []
+    for scale in key_scales:
+        layer = _CLASSES[bits]()
+        layer.key_scale = scale
+        layers.append(layer)
+    return cache_type(layers=layers)
+
+
+def kv_key_scales_of(model: nn.Module) -> torch.Tensor | None:
+    """The calibrated key scales :func:`calibrate_kv` stored on ``model`` (or on the model it wraps), or None."""
+    scales = getattr(model, KEY_SCALE_BUFFER, None)
+    return scales if isinstance(scales, torch.Tensor) else None
+
+
+def _recording_layer() -> type[Any]:
+    dynamic_layer: Any = transformers_module().cache_utils.DynamicLayer
+
+    class RecordingLayer(dynamic_layer):
+        """A float cache layer that remembers the largest |key| per (head, channel) it has seen."""
+
+        absmax: torch.Tensor | None = None
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            seen = key_states.detach().float().abs().amax(dim=(0, 2))  # (heads, head_dim)
+            self.absmax = seen if self.absmax is None else torch.maximum(self.absmax, seen)
+            return key_states, value_states
+
+    return RecordingLayer
+
+
+def calibrate_kv(model: nn.Module, steps: list[Any], bits: int) -> torch.Tensor:
+    """Static per-(layer, key head, channel) key scales ``max |k| / qmax`` over ``steps`` (token id tensors or
+    forward keyword dicts), stored on ``model`` as the buffer :data:`KEY_SCALE_BUFFER` and returned.
+
+    Raises:
+        QuantaError: no steps, or the model never wrote to the cache (not a cached decoder).
+    """
+    qmax = _qmax(bits)
+    if not steps:
+        raise QuantaError("calibrate_kv needs calibration steps (token id tensors).")
+    layer_type = _recording_layer()
+    layers: list[Any] = []
+    with torch.no_grad():
+        for step in steps:
+            cache = transformers_module().cache_utils.Cache(layer_class_to_replicate=layer_type)
+            kwargs = dict(step) if isinstance(step, dict) else {"input_ids": step}
+            model(**kwargs, cache=cache, use_cache=True)
+            for i, layer in enumerate(cache.layers):
+                if i == len(layers):
+                    layers.append(layer.absmax)
+                elif layer.absmax is not None:
+                    layers[i] = torch.maximum(layers[i], layer.absmax)
+    if not layers or any(a is None for a in layers):
+        raise QuantaError(f"{type(model).__name__} wrote no keys to the cache: KV calibration needs a cached decoder.")
+    scales = (torch.stack(layers) / qmax).to(SCALE_DTYPE)
+    if hasattr(model, KEY_SCALE_BUFFER) and KEY_SCALE_BUFFER not in model._buffers:
+        raise QuantaError(f"{type(model).__name__} already has an attribute {KEY_SCALE_BUFFER}.")
+    model.register_buffer(KEY_SCALE_BUFFER, scales)
+    return scales
 
 
 def cache_nbytes(cache: Any) -> int:
@@ -165,14 +282,16 @@ def cache_nbytes(cache: Any) -> int:
 
 
 class _WithKVCache(nn.Module):
-    """``model`` called with a fresh quantized KV cache on every forward (for perplexity under the cache)."""
+    """``model`` called with a fresh quantized KV cache on every forward (for perplexity under the cache); its
+    calibrated key scales are used when it has them."""
 
     def __init__(self, model: nn.Module, bits: int) -> None:
         super().__init__()
         self.model, self.bits = model, bits
 
     def forward(self, ids: torch.Tensor) -> Any:
-        return self.model(ids, cache=quantized_kv_cache(self.bits), use_cache=True)
+        cache = quantized_kv_cache(self.bits, kv_key_scales_of(self.model))
+        return self.model(ids, cache=cache, use_cache=True)
 
 
 def with_kv_cache(model: nn.Module, bits: int | None) -> nn.Module:

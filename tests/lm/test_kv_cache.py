@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -78,3 +80,46 @@ def test_generation_through_the_cache_and_perplexity_wrapper() -> None:
     # int8 keys and values move the logits by far less than they spread.
     assert float((logits - plain).abs().max()) < 0.05 * float(plain.std())
     assert with_kv_cache(model, None) is model
+
+
+def test_calibrated_key_scales_are_the_per_channel_maxima_and_survive_save_load(tmp_path: Path) -> None:
+    import quanta
+    from quanta.lm.kv_cache import KEY_SCALE_BUFFER, calibrate_kv, kv_key_scales_of, quantize_kv_static
+
+    model = _llama()
+    g = torch.Generator().manual_seed(2)
+    steps = [torch.randint(0, 96, (2, 16), generator=g) for _ in range(3)]
+    plain_layers = []
+    with torch.no_grad():
+        for ids in steps:
+            cache = transformers.DynamicCache()
+            model(ids, cache=cache, use_cache=True)
+            plain_layers.append([layer.keys.abs().amax(dim=(0, 2)) for layer in cache.layers])
+    expected = torch.stack([torch.stack(per_step).amax(0) for per_step in zip(*plain_layers, strict=True)]) / 7
+    scales = calibrate_kv(model, steps, 4)
+    assert scales.shape == (2, 2, 16) and scales.dtype == torch.float16  # (layers, kv heads, head_dim)
+    torch.testing.assert_close(scales.float(), expected, rtol=1e-3, atol=0)
+    # a cache on these scales keeps key codes only: no per-token key scales
+    cache = quantized_kv_cache(4, kv_key_scales_of(model))
+    ids = steps[0]
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)
+        reference = transformers.DynamicCache()
+        model(ids, cache=reference, use_cache=True)
+    codes, key_scale = cache.layers[0].stored["keys"]
+    assert key_scale is cache.layers[0].key_scale  # one static scale, not one per token
+    assert codes.dtype == torch.uint8 and codes.shape == (2, 2, 16, 8)
+    assert torch.equal(codes, quantize_kv_static(reference.layers[0].keys, scales[0], 4))  # layer 0: same keys
+    assert cache_nbytes(cache) == sum(  # codes, the values' per-token scales, the layer's one static key scale
+        layer.stored["keys"][0].numel() + layer.stored["values"][0].numel() + 2 * layer.stored["values"][1].numel()
+        + 2 * layer.key_scale.numel()
+        for layer in cache.layers
+    )  # fmt: skip
+    quanta.quantize(model, "w8a16+kv4")
+    calibrate_kv(model, steps, 4)
+    loaded = quanta.load(quanta.save(model, tmp_path / "q"))
+    assert torch.equal(getattr(loaded, KEY_SCALE_BUFFER), getattr(model, KEY_SCALE_BUFFER))
+    with torch.no_grad():
+        a = with_kv_cache(model, 4)(ids).logits
+        b = with_kv_cache(loaded, 4)(ids).logits
+    assert torch.equal(a, b)
