@@ -177,7 +177,10 @@ SPECIAL_PRESETS: dict[str, tuple[str, str]] = {
     "fp8": ("fp8_e4m3:ch", "FP8 e4m3 weights per channel and FP8 e4m3 activations per tensor"),
     "ternary": ("ternary:ch", "ternary weights {-a, 0, +a} per channel; first and last layers in float"),
     "binary": ("binary:ch", "binary weights ±mean|w| per channel; first and last layers in float"),
-    "bnn": ("binary:ch", "binary weights and binary activations; first and last layers in float"),
+    "bnn": (
+        "binary:ch",
+        "binary weights and binary activations (two fitted levels, binary:fmin); first and last layers in float",
+    ),
     "q4.4": ("q4.4", "fixed-point Q4.4 weights and activations"),
 }
 
@@ -196,7 +199,7 @@ def preset(name: str) -> Recipe:
     keepers = _float_keepers()
     if text in SPECIAL_PRESETS:
         scheme = QScheme.parse(SPECIAL_PRESETS[text][0])
-        activation = {"fp8": "fp8_e4m3", "bnn": "binary", "q4.4": "q4.4"}.get(text)
+        activation = {"fp8": "fp8_e4m3", "bnn": "binary:tensor:fmin", "q4.4": "q4.4"}.get(text)
         main = Rule(weight=scheme, activation=None if activation is None else QScheme.parse(activation))
         binaryish = text in ("ternary", "binary", "bnn")
         return Recipe(rules=(*keepers, main), name=text, keep_first_last=binaryish)

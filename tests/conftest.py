@@ -37,6 +37,7 @@ ALL_SCHEMES = (
     "q8.8",
     "binary",
     "binary:ch",
+    "binary:g16:fmin",
     "ternary:ch",
     "pot3:ch",
     "pot4",

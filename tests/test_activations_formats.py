@@ -46,20 +46,37 @@ def test_fixed_point_activations_need_no_calibration_and_round_to_sixteenths() -
     torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_binary_activations_take_two_values_scaled_by_the_mean_magnitude() -> None:
+def _inner_inputs(preset: quanta.Recipe | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The quantized input values of the second of 4 linears under ``preset``, and its float calibration inputs."""
     model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(4)])
     calib = _calib()
-    quanta.quantize(model, "bnn", calib=calib)  # first and last layers stay float
+    quanta.quantize(model, preset, calib=calib)  # first and last layers stay float
     inner = model[1]
     seen: list[torch.Tensor] = []
     inner.register_forward_hook(lambda m, args, out: seen.append(m.quantize_input(args[0])))
     with torch.no_grad():
         model(calib[0])
         hidden = model[0](torch.cat(calib))
-    values = torch.unique(seen[0])
+    return torch.unique(seen[0]), hidden
+
+
+def test_sign_activations_take_two_values_scaled_by_the_mean_magnitude() -> None:
+    sign = quanta.Recipe(
+        rules=(quanta.Rule(weight=quanta.QScheme.parse("binary:ch"), activation=quanta.QScheme.parse("binary")),),
+        keep_first_last=True,
+    )
+    values, hidden = _inner_inputs(sign)
     assert values.numel() == 2 and float(values[0]) == pytest.approx(-float(values[1]))
     # The scale is the mean |x| of the calibration inputs of that layer (a 99.99% clip changes it little).
     assert float(values[1]) == pytest.approx(float(hidden.abs().mean()), rel=0.02)
+
+
+def test_bnn_activations_take_the_two_lloyd_levels_of_the_calibration_inputs() -> None:
+    values, hidden = _inner_inputs("bnn")
+    upper = hidden >= hidden.mean()
+    assert values.numel() == 2
+    assert float(values[0]) == pytest.approx(float(hidden[~upper].mean()), rel=0.03)
+    assert float(values[1]) == pytest.approx(float(hidden[upper].mean()), rel=0.03)
 
 
 def test_fp8_activations_survive_save_load_and_bf16(tmp_path: Path) -> None:

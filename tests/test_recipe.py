@@ -22,7 +22,7 @@ from quanta.scheme import QScheme
         ("w4a16", "int4:ch:asym", None, False, "rtn"),
         ("nf4-g64", "nf4:g64:sf16", None, False, "rtn"),
         ("fp8", "fp8_e4m3:ch", "fp8_e4m3", False, "rtn"),
-        ("bnn", "binary:ch", "binary", False, "rtn"),
+        ("bnn", "binary:ch", "binary:tensor:fmin", False, "rtn"),
     ],
 )
 def test_preset_grammar(name: str, weight: str, activation: str | None, dynamic: bool, method: str) -> None:

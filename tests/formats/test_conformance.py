@@ -54,6 +54,8 @@ def test_nbytes_equals_theory(scheme: str) -> None:
     if kind in ("int", "uint"):
         per_group *= 2 if s.mode == "fmin" else 1
         per_group += (1 if s.bits <= 8 else 2 if kind == "int" else 4) if s.mode == "asym" else 0
+    elif kind == "binary":
+        per_group *= 2 if s.mode == "fmin" else 1  # scale, and the lower level
     elif kind == "q":
         per_group = 0
     elif kind == "lloyd":

@@ -1,5 +1,6 @@
 """Binary, ternary, power-of-two and fixed-point grids against hand-computed values."""
 
+import pytest
 import torch
 
 import quanta
@@ -44,3 +45,12 @@ def test_fixed_point_q4_4() -> None:
     # step 1/16: 16.5 -> 16 and 17.5 -> 18 (half to even); saturate at [-128, 127] / 16
     assert qt.dequantize().tolist() == [1.0, 1.125, -0.0, 7.9375, 7.9375, -8.0, -8.0]
     assert qt.params == {} and qt.nbytes == 7
+
+
+def test_two_level_binary_levels_are_the_means_of_the_two_halves() -> None:
+    x = torch.tensor([[0.0, 0.0, 0.2, 1.0, 3.0, 5.0]])  # mean 1.533: lower {0, 0, 0.2, 1.0}, upper {3, 5}
+    qt = quanta.quantize_tensor(x, "binary:tensor:fmin")
+    assert float(qt.params["offset"]) == pytest.approx(0.3) and float(qt.params["scale"]) == pytest.approx(3.7)
+    # the midpoint 2.15 separates the codes
+    assert qt.unpacked_codes().flatten().tolist() == [0, 0, 0, 0, 1, 1]
+    assert qt.dequantize().flatten().tolist() == pytest.approx([0.3, 0.3, 0.3, 0.3, 4.0, 4.0])
