@@ -14,6 +14,7 @@ __all__ = [
     "GroupSizeError",
     "InvalidTensorError",
     "NonFiniteError",
+    "NotFittedError",
     "QuantaError",
     "SchemeError",
     "UnknownFormatError",
@@ -59,3 +60,7 @@ class AxisError(QuantaError, IndexError):
 
 class CorruptDataError(QuantaError, ValueError):
     """Stored quantized data (a dict of tensors or a file) is incomplete, inconsistent or damaged."""
+
+
+class NotFittedError(QuantaError, ValueError, AttributeError):
+    """A quantizer or index was used before ``fit`` (scikit-learn's name, so code that catches that keeps working)."""
