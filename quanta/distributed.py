@@ -19,9 +19,11 @@ ranks). Use it by wrapping the quantize call on every rank::
     with quanta.distributed.across():          # the default process group
         quanta.lm.quantize_sequential(model, "w4a16-g128-gptq", quanta.distributed.shard(steps))
 
-Every rank ends with the same quantized model. Methods whose statistics are not Hessians (AWQ's and
-SmoothQuant's activation statistics, static activation observers) run on each rank's own data; under
-:func:`across` they are refused (UnsupportedError) rather than silently diverging between ranks.
+Every rank ends with the same quantized model. AWQ's and SmoothQuant's activation statistics are combined the same
+way: per-channel maxima (exact in any order, :func:`combine_max`), means as fixed-tree float64 sums, and sampled
+rows drawn per step with a generator seeded by the global step index, gathered in step order
+(:func:`gather_rows`). Static activation observers are not combined yet: under :func:`across` they are refused
+(UnsupportedError) rather than silently diverging between ranks.
 """
 
 from __future__ import annotations
@@ -35,7 +37,19 @@ import torch
 
 from quanta.errors import QuantaError, UnsupportedError
 
-__all__ = ["TreeSum", "across", "active", "combine", "combine_count", "refuse", "shard", "step_range", "tree_split"]
+__all__ = [
+    "TreeSum",
+    "across",
+    "active",
+    "combine",
+    "combine_count",
+    "combine_max",
+    "gather_rows",
+    "refuse",
+    "shard",
+    "step_range",
+    "tree_split",
+]
 
 T = TypeVar("T")
 
@@ -213,3 +227,33 @@ def combine_count(local: int) -> int:
     total = torch.tensor([local], dtype=torch.int64)
     dist.all_reduce(total, group=_ACTIVE[-1].group)
     return int(total)
+
+
+def combine_max(local: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum over the ranks (exact in any order), on every rank."""
+    if not _ACTIVE:
+        return local
+    import torch.distributed as dist
+
+    world = _ACTIVE[-1]
+    parts = [torch.empty_like(local) for _ in range(world.size)]
+    dist.all_gather(parts, local.contiguous(), group=world.group)
+    return torch.stack(parts).amax(dim=0)
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows ``(n_r, C)`` concatenated in rank order, which is global step order for steps split by
+    :func:`shard` (ranks may hold different numbers of rows), on every rank."""
+    if not _ACTIVE:
+        return local
+    import torch.distributed as dist
+
+    world = _ACTIVE[-1]
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world.size)]
+    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.int64), group=world.group)
+    sizes = [int(c) for c in counts]
+    padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(parts, padded, group=world.group)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])

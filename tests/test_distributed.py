@@ -81,18 +81,19 @@ def _launch(tmp_path: Path, world: int, recipe: str) -> list[subprocess.Complete
     return results
 
 
-def test_two_gloo_ranks_give_the_single_process_codes(tmp_path: Path) -> None:
-    single = _launch(tmp_path, 1, "w3a16-g16-gptq")
+@pytest.mark.parametrize("recipe", ["w3a16-g16-gptq", "w4a16-g32-awq_gptq"])  # awq: smoothquant's statistics too
+def test_two_gloo_ranks_give_the_single_process_codes(tmp_path: Path, recipe: str) -> None:
+    single = _launch(tmp_path, 1, recipe)
     assert single[0].returncode == 0, single[0].stderr[-2000:]
-    ranks = _launch(tmp_path, 2, "w3a16-g16-gptq")
+    ranks = _launch(tmp_path, 2, recipe)
     assert all(r.returncode == 0 for r in ranks), [r.stderr[-2000:] for r in ranks]
-    reference = (tmp_path / "w3a16-g16-gptq-1-0" / "model.safetensors").read_bytes()
+    reference = (tmp_path / f"{recipe}-1-0" / "model.safetensors").read_bytes()
     for rank in range(2):  # every rank ends with the same model, and it is the one-process model
-        assert (tmp_path / f"w3a16-g16-gptq-2-{rank}" / "model.safetensors").read_bytes() == reference
+        assert (tmp_path / f"{recipe}-2-{rank}" / "model.safetensors").read_bytes() == reference
 
 
 def test_statistics_not_combined_across_ranks_are_refused(tmp_path: Path) -> None:
-    ranks = _launch(tmp_path, 2, "w4a16-g32-awq")
+    ranks = _launch(tmp_path, 2, "w8a8")  # static activation ranges: observers are per rank
     assert [r.returncode for r in ranks] == [3, 3]
     assert all("not combined across processes" in r.stdout for r in ranks)
 

@@ -28,10 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from quanta import distributed
+from quanta.calib import call_step
 from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.methods.registry import Method, TransformTarget, register_method
-from quanta.methods.smoothing import MAX_ROWS, Group, apply_scales, find_groups, run_steps
+from quanta.methods.smoothing import MAX_ROWS, Group, apply_scales, find_groups
 from quanta.scheme import QScheme
 
 __all__ = ["CLIP_RATIOS", "GRID", "awq_scales", "clip_weight"]
@@ -109,8 +111,11 @@ def clip_weight(weight: torch.Tensor, x: torch.Tensor, scheme: QScheme) -> tuple
 
 
 def _layer_rows(model: nn.Module, layers: dict[str, nn.Linear], steps: list[Any]) -> dict[str, torch.Tensor]:
-    """A seeded sample of up to MAX_ROWS input rows of each layer over the calibration steps."""
-    generator = torch.Generator().manual_seed(1)
+    """A seeded sample of up to MAX_ROWS input rows of each layer over the calibration steps: each step's rows
+    drawn with a generator seeded by its global index, gathered in step order across processes (so the sample is
+    the same on any number of ranks under :func:`quanta.distributed.across`), then a seeded final pick."""
+    first, _, _ = distributed.step_range(len(steps))
+    generator = torch.Generator()
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     handles = []
     for name, layer in layers.items():
@@ -120,12 +125,21 @@ def _layer_rows(model: nn.Module, layers: dict[str, nn.Linear], steps: list[Any]
             rows[name].append(x[torch.randperm(x.shape[0], generator=generator)[:MAX_ROWS]])
 
         handles.append(layer.register_forward_pre_hook(observe))
-    run_steps(model, steps, handles)
+    try:
+        with torch.no_grad():
+            for index, step in enumerate(steps):
+                generator.manual_seed(1_000_003 + first + index)
+                call_step(model, step, index)
+    finally:
+        for handle in handles:
+            handle.remove()
+    pick = torch.Generator().manual_seed(1)
     out = {}
     for name, parts in rows.items():
-        if parts:
-            x = torch.cat(parts)
-            out[name] = x[torch.randperm(x.shape[0], generator=generator)[:MAX_ROWS]]
+        local = torch.cat(parts) if parts else torch.zeros(0, layers[name].in_features)
+        x = distributed.gather_rows(local)
+        if x.shape[0]:
+            out[name] = x[torch.randperm(x.shape[0], generator=pick)[:MAX_ROWS]]
     return out
 
 

@@ -120,33 +120,68 @@ def find_groups(model: nn.Module, names: Iterable[str], steps: list[Any], keep_r
 
 
 def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows: bool) -> None:
-    distributed.refuse("AWQ and SmoothQuant activation statistics")
-    """Per-channel statistics of each group's input (its first layer's input) over every step."""
-    generator = torch.Generator().manual_seed(0)
+    """Per-channel statistics of each group's input (its first layer's input) over every step.
+
+    The same on any number of processes (inside :func:`quanta.distributed.across`, ``steps`` being this rank's
+    share): maxima are exact in any order; each step's sum of |x| is a float64 partial added along the fixed tree
+    over the global step indices; each step's sampled rows are drawn with a generator seeded by its global index
+    and gathered in step order before the final pick.
+    """
+    first, end, total = distributed.step_range(len(steps))
+    sums = {g.norm_name: distributed.TreeSum(first, end, total) for g in groups}
+    partial: dict[str, torch.Tensor] = {}
+    generator = torch.Generator()
     sampled: dict[str, list[torch.Tensor]] = {g.norm_name: [] for g in groups}
     handles = []
     for group in groups:
-        first = next(iter(group.layers.values()))
+        first_layer = next(iter(group.layers.values()))
 
         def observe(_m: nn.Module, args: tuple[Any, ...], group: Group = group) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float().abs()  # (tokens, C)
-            peak, total = x.amax(dim=0), x.sum(dim=0)
+            peak = x.amax(dim=0)
             group.absmax = peak if group.absmax is None else torch.maximum(group.absmax, peak)
-            group.absmean = total if group.absmean is None else group.absmean + total
+            step_sum = x.double().sum(dim=0)
+            name = group.norm_name
+            partial[name] = step_sum if name not in partial else partial[name] + step_sum
             group.count += x.shape[0]
             if keep_rows:
                 take = torch.randperm(x.shape[0], generator=generator)[:MAX_ROWS]
-                sampled[group.norm_name].append(args[0].detach().reshape(-1, x.shape[1])[take].float())
+                sampled[name].append(args[0].detach().reshape(-1, x.shape[1])[take].float())
 
-        handles.append(first.register_forward_pre_hook(observe))
-    run_steps(model, steps, handles)
+        handles.append(first_layer.register_forward_pre_hook(observe))
+    try:
+        with torch.no_grad():
+            for index, step in enumerate(steps):
+                generator.manual_seed(first + index)  # the same draws on any rank
+                call_step(model, step, index)
+                for group in groups:
+                    step_sum = partial.pop(group.norm_name, None)
+                    if step_sum is None:  # the group's layers were not reached in this step
+                        step_sum = torch.zeros(_channels(group), dtype=torch.float64)
+                    sums[group.norm_name].add(step_sum)
+    finally:
+        for handle in handles:
+            handle.remove()
+    pick_generator = torch.Generator().manual_seed(0)
     for group in groups:
-        if group.absmean is not None:
-            group.absmean = group.absmean / max(group.count, 1)
-        if keep_rows and sampled[group.norm_name]:
-            rows = torch.cat(sampled[group.norm_name])
-            pick = torch.randperm(rows.shape[0], generator=generator)[:MAX_ROWS]
+        count = distributed.combine_count(group.count)
+        group.count = count
+        channels = _channels(group)
+        local_max = group.absmax if group.absmax is not None else torch.zeros(channels)
+        if count == 0:
+            group.absmax = group.absmean = None
+            continue
+        group.absmax = distributed.combine_max(local_max)
+        group.absmean = (distributed.combine(sums[group.norm_name].result()) / count).float()
+        if keep_rows:
+            mine = sampled[group.norm_name]
+            rows = distributed.gather_rows(torch.cat(mine) if mine else torch.zeros(0, channels))
+            pick = torch.randperm(rows.shape[0], generator=pick_generator)[:MAX_ROWS]
             group.rows = rows[pick]
+
+
+def _channels(group: Group) -> int:
+    return next(iter(group.layers.values())).in_features
 
 
 def run_steps(model: nn.Module, steps: list[Any], handles: list[Any]) -> None:
