@@ -8,7 +8,7 @@ The tensor-level API::
     print(qt.nbytes, quanta.metrics.sqnr_db(weight, w_hat))
 """
 
-from quanta import errors, vq
+from quanta import errors, signal, vq
 from quanta._version import __version__
 from quanta.api import model_nbytes, quantize
 from quanta.checkpoint import load, save
@@ -39,5 +39,6 @@ __all__ = [
     "quantize",
     "quantize_tensor",
     "save",
+    "signal",
     "vq",
 ]
