@@ -7,7 +7,9 @@ Presets follow one grammar, parsed rather than listed::
 
 ``W`` weight bits (per output channel, or groups of ``N`` with ``-gN``), ``A`` activation bits (16: weights
 only; otherwise static per-tensor, or dynamic per-token with ``-dyn``), ``method`` the PTQ algorithm (``rtn``
-by default). Named specials: ``nf4-g64``, ``fp8``, ``ternary``, ``binary``, ``bnn``, ``q4.4``. Every preset
+by default). Vector-codebook weights follow ``vq{d}x{k}[r2][-{method}]`` (``vq4x256``: 4-value vectors, a
+256-entry per-layer codebook with fp16 entries, 2 bits a weight plus the codebook; ``-iw`` fits it input-weighted
+on calibration data). Named specials: ``nf4-g64``, ``fp8``, ``ternary``, ``binary``, ``bnn``, ``q4.4``. Every preset
 keeps embeddings and a module named ``lm_head`` in float; ``ternary``, ``binary`` and ``bnn`` also keep the first
 and last quantizable layers in float, as the binary/ternary network literature does.
 """
@@ -27,10 +29,12 @@ from torch import nn
 from quanta.errors import CorruptDataError, QuantaError, SchemeError
 from quanta.scheme import QScheme
 
-__all__ = ["PRESET_GRAMMAR", "SPECIAL_PRESETS", "Recipe", "Rule", "preset", "resolve_recipe"]
+__all__ = ["PRESET_GRAMMAR", "SPECIAL_PRESETS", "VQ_PRESET_GRAMMAR", "Recipe", "Rule", "preset", "resolve_recipe"]
 
 RECIPE_VERSION = 1
 PRESET_GRAMMAR = "w{W}a{A}[-dyn][-g{N}][-{method}][+kv{8|4}]"
+VQ_PRESET_GRAMMAR = "vq{d}x{k}[r2][-{method}]"
+_VQ_PRESET = re.compile(r"(vq[0-9]x[0-9]{1,5}(?:r[0-9])?)(?:-([a-z][a-z0-9_]*))?")
 _PRESET = re.compile(r"w([0-9]{1,2})a([0-9]{1,2})(-dyn)?(?:-g([0-9]{1,5}))?(?:-([a-z][a-z0-9_]*))?(?:\+kv(8|4))?")
 
 
@@ -182,6 +186,10 @@ SPECIAL_PRESETS: dict[str, tuple[str, str]] = {
         "binary weights and binary activations (two fitted levels, binary:fmin); first and last layers in float",
     ),
     "q4.4": ("q4.4", "fixed-point Q4.4 weights and activations"),
+    "vq4x256": ("vq4x256:tensor:sf16", "4-value vectors, 256-entry k-means codebook per layer: 2 bits a weight"),
+    "vq2x16": ("vq2x16:tensor:sf16", "2-value vectors, 16-entry k-means codebook per layer: 2 bits a weight"),
+    "vq2x64": ("vq2x64:tensor:sf16", "2-value vectors, 64-entry k-means codebook per layer: 3 bits a weight"),
+    "vq4x16r2": ("vq4x16r2:tensor:sf16", "4-value vectors, two residual 16-entry codebooks: 2 bits a weight"),
 }
 
 
@@ -203,11 +211,19 @@ def preset(name: str) -> Recipe:
         main = Rule(weight=scheme, activation=None if activation is None else QScheme.parse(activation))
         binaryish = text in ("ternary", "binary", "bnn")
         return Recipe(rules=(*keepers, main), name=text, keep_first_last=binaryish)
+    vq = _VQ_PRESET.fullmatch(text)
+    if vq:
+        # Weights only, one codebook per layer (per-tensor granularity) with fp16 entries.
+        return Recipe(
+            rules=(*keepers, Rule(weight=QScheme(vq.group(1), scale_dtype="fp16"), method=vq.group(2) or "rtn")),
+            name=text,
+        )
     match = _PRESET.fullmatch(text)
     if not match:
         raise SchemeError(
             f"unknown preset {name!r}. Presets follow {PRESET_GRAMMAR} (e.g. w8a16, w8a8, w8a8-dyn, w4a16-g128, "
-            f"w3a16-g16) or are one of: {', '.join(SPECIAL_PRESETS)}. Run `quanta recipes` for details."
+            f"w3a16-g16), {VQ_PRESET_GRAMMAR} (e.g. vq4x256, vq2x64-iw) "
+            f"or are one of: {', '.join(SPECIAL_PRESETS)}. Run `quanta recipes` for details."
         )
     w_bits, a_bits, dyn, group, method, kv = match.groups()
     if method is not None and re.fullmatch(r"g[0-9]*[a-z0-9_]*", method) and not re.fullmatch(r"g[a-z]\w*", method):

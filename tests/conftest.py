@@ -50,6 +50,8 @@ ALL_SCHEMES = (
     "lloyd1:ch",
     "lloyd3:g64",
     "lloyd4:ch:sf16",
+    "vq2x16",
+    "vq4x256:tensor:sf16",
 )
 
 

@@ -60,6 +60,9 @@ def test_nbytes_equals_theory(scheme: str) -> None:
         per_group = 0
     elif kind == "lloyd":
         per_group *= 2**s.bits
+    elif s.format.startswith("vq"):  # k x d codebook entries per residual stage
+        fmt = s.fmt
+        per_group *= fmt.stages * fmt.entries * fmt.dim  # type: ignore[attr-defined]
     code_bytes = math.ceil(s.bits * x.numel() / 8) if s.bits <= 8 else 2 * x.numel()
     assert qt.nbytes == code_bytes + n_groups[s.granularity] * per_group
     assert qt.codes.numel() * qt.codes.element_size() == packed_nbytes(x.numel(), s.bits)
@@ -102,8 +105,9 @@ def test_fake_quantize_equals_dequantize_and_keeps_dtype(scheme: str) -> None:
         assert torch.equal(got, expected)
 
 
-# Grids where encoding is "nearest representable value" (ternary uses the TWN threshold instead).
-NEAREST = [s for s in ALL_SCHEMES if not s.startswith("ternary")]
+# Grids where encoding is "nearest representable value" (ternary uses the TWN threshold instead; vector
+# codebooks pick the nearest *vector*, checked in test_vector.py).
+NEAREST = [s for s in ALL_SCHEMES if not s.startswith(("ternary", "vq"))]
 
 
 @pytest.mark.parametrize("scheme", NEAREST)
