@@ -30,7 +30,7 @@ from quanta.nn import int8_flow
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.primitives.checks import check_finite
-from quanta.qat.batchnorm import fold_factor, folded_bias, freeze_batchnorm, unfreeze_batchnorm
+from quanta.qat.batchnorm import fold_factor, folded_bias, freeze_batchnorm, mark_folded, unfreeze_batchnorm
 from quanta.qat.modules import QAT_TWINS, QATModule
 from quanta.qat.quantizers import (
     LEARNED_STEPS,
@@ -124,6 +124,7 @@ def prepare_qat(
         module.__class__ = twin  # the same object: parameters and optimizers built on them are kept
         if bn is not None:
             module.fold_batchnorm(bn)  # type: ignore[operator]
+            mark_folded(bn)
             with torch.no_grad():
                 factor = fold_factor(bn)
                 weights["weight"] = weights["weight"] * factor.reshape((-1,) + (1,) * (weights["weight"].dim() - 1))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from quanta.qat.batchnorm import fold_factor
+from quanta.qat.batchnorm import fold_factor, folded_bias, normalises_with_running_stats
 from quanta.qat.quantizers import FormatInputQuantizer, InputQuantizer, WeightQuantizer
 
 __all__ = ["QATGRU", "QATLSTM", "QAT_TWINS", "QATConv1d", "QATConv2d", "QATLinear", "QATModule"]
@@ -68,17 +68,18 @@ class _QATWeighted(QATModule):
         bias = self._parameters.get("bias")
         x = self.quantized_input(x)
         bn = self.folded_batchnorm
-        if self.float_weights:
-            return self._compute(x, weight, bias)
         if bn is None:
-            return self._compute(x, self.weight_quantizer(weight), bias)
+            return self._compute(x, weight if self.float_weights else self.weight_quantizer(weight), bias)
         # Simulated folding (Jacob et al. 2018; Krishnamoorthi 2018): quantize the weight scaled by
-        # gamma / sqrt(running_var + eps), then undo the scale on the output so the BatchNorm that follows (batch
-        # statistics in training, running ones in eval) sees what it would see unfolded. In eval mode the pair is
-        # exactly the folded layer that convert builds.
+        # gamma / sqrt(running_var + eps). With running statistics (eval, or frozen) this layer computes the folded
+        # layer itself, exactly as convert builds it, and the BatchNorm passes through; with batch statistics the
+        # scale is undone on the output so the BatchNorm that follows sees what it would see unfolded.
         factor = fold_factor(bn)
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        y = self._compute(x, self.weight_quantizer(weight * factor.reshape(shape)), None)
+        scaled = weight * factor.reshape((-1,) + (1,) * (weight.dim() - 1))
+        folded_weight = scaled if self.float_weights else self.weight_quantizer(scaled)
+        if normalises_with_running_stats(bn):
+            return self._compute(x, folded_weight, folded_bias(bias, bn))
+        y = self._compute(x, folded_weight, None)
         y = y / factor.reshape((1, -1) + (1,) * (y.dim() - 2))
         return y if bias is None else y + bias.reshape((1, -1) + (1,) * (y.dim() - 2))
 
