@@ -591,4 +591,4 @@ if __name__ == "__main__":
     app()
 
 
-from quanta import cli_lm  # noqa: E402, F401  (registers eval and generate on the app)
+from quanta import cli_image, cli_lm  # noqa: E402, F401  (register eval, generate and image on the app)
