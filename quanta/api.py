@@ -124,7 +124,6 @@ def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None
             f"{static[0].rule.activation} activations are quantized statically and need calibration data: "
             "pass calib=... (an iterable of inputs), or use dynamic activations (e.g. w8a8-dyn)."
         )
-    distributed.refuse("static activation ranges (observers)")
     observers: dict[str, Observer] = {}
     handles = []
     for step in static:
@@ -133,6 +132,8 @@ def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None
         # Binary/ternary activation scales are means of |x|, so they need a sample of the data, not only its range.
         default = "percentile" if act.format in ("binary", "ternary") else "minmax"
         observer = get_observer(act.observer or default)
+        if not observer.combinable:  # across processes only exact merges are allowed (minmax)
+            distributed.refuse(f"static activation ranges of the {observer.name} observer")
         observers[step.name] = observer
 
         def hook(_module: nn.Module, args: tuple[Any, ...], observer: Observer = observer) -> None:
@@ -145,6 +146,9 @@ def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None
     finally:
         for handle in handles:
             handle.remove()
+    if distributed.active():
+        for observer in observers.values():
+            observer.combine_ranks()  # every rank ends with the ranges of all the calibration data
     for name, observer in observers.items():
         if not hasattr(observer, "min_"):
             raise QuantaError(f"calibration never reached {name}; check that the data exercises the whole model.")

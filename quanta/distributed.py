@@ -22,8 +22,9 @@ ranks). Use it by wrapping the quantize call on every rank::
 Every rank ends with the same quantized model. AWQ's and SmoothQuant's activation statistics are combined the same
 way: per-channel maxima (exact in any order, :func:`combine_max`), means as fixed-tree float64 sums, and sampled
 rows drawn per step with a generator seeded by the global step index, gathered in step order
-(:func:`gather_rows`). Static activation observers are not combined yet: under :func:`across` they are refused
-(UnsupportedError) rather than silently diverging between ranks.
+(:func:`gather_rows`). Static activation ranges from min/max observers are combined exactly too; the observers
+that keep a sample of the data (percentile, MSE, KL) or a moving average are not: under :func:`across` they are
+refused (UnsupportedError) rather than silently diverging between ranks.
 """
 
 from __future__ import annotations

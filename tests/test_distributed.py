@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import quanta
 from quanta.distributed import TreeSum, tree_split
 from quanta.errors import QuantaError
 
@@ -55,13 +57,14 @@ def _launch(tmp_path: Path, world: int, recipe: str) -> list[subprocess.Complete
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    store = tmp_path / f"store-{recipe}-{world}"
+    tag = Path(recipe).stem  # a preset name, or a recipe JSON file's name
+    store = tmp_path / f"store-{tag}-{world}"
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
                 str(script),
-                str(tmp_path / f"{recipe}-{world}-{r}"),
+                str(tmp_path / f"{tag}-{world}-{r}"),
                 str(r),
                 str(world),
                 str(store),
@@ -81,7 +84,8 @@ def _launch(tmp_path: Path, world: int, recipe: str) -> list[subprocess.Complete
     return results
 
 
-@pytest.mark.parametrize("recipe", ["w3a16-g16-gptq", "w4a16-g32-awq_gptq"])  # awq: smoothquant's statistics too
+# awq: smoothquant's statistics too; w8a8: static activation ranges (minmax observers)
+@pytest.mark.parametrize("recipe", ["w3a16-g16-gptq", "w4a16-g32-awq_gptq", "w8a8"])
 def test_two_gloo_ranks_give_the_single_process_codes(tmp_path: Path, recipe: str) -> None:
     single = _launch(tmp_path, 1, recipe)
     assert single[0].returncode == 0, single[0].stderr[-2000:]
@@ -93,7 +97,12 @@ def test_two_gloo_ranks_give_the_single_process_codes(tmp_path: Path, recipe: st
 
 
 def test_statistics_not_combined_across_ranks_are_refused(tmp_path: Path) -> None:
-    ranks = _launch(tmp_path, 2, "w8a8")  # static activation ranges: observers are per rank
+    recipe = quanta.Recipe(
+        rules=(quanta.Rule(weight=quanta.QScheme.parse("int8:ch"), activation=quanta.QScheme.parse("int8:obs=mse")),)
+    )
+    path = tmp_path / "mse.json"
+    path.write_text(json.dumps(recipe.to_dict()))
+    ranks = _launch(tmp_path, 2, str(path))  # the MSE observer's sample of the data is per rank
     assert [r.returncode for r in ranks] == [3, 3]
     assert all("not combined across processes" in r.stdout for r in ranks)
 

@@ -27,6 +27,12 @@ class Observer(ABC):
     """Tracks the range of the values it sees; subclasses decide which range to report."""
 
     name: ClassVar[str]
+    combinable: ClassVar[bool] = False
+    """Whether :meth:`combine_ranks` merges the ranks' observations into what one process would have seen."""
+
+    def combine_ranks(self) -> None:
+        """Merge this observer's state with the other ranks' (inside :func:`quanta.distributed.across`)."""
+        raise QuantaError(f"the {self.name} observer cannot be combined across processes.")
 
     def reset(self) -> Observer:
         """Forget everything seen so far."""

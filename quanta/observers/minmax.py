@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from quanta import distributed
 from quanta.observers.base import Observer, register_observer
 
 
@@ -12,11 +13,19 @@ class MinMaxObserver(Observer):
     """The smallest and largest value over every batch."""
 
     name = "minmax"
+    combinable = True  # the extremes of all ranks' extremes are the extremes of all the data, in any order
 
     def _update(self, x: torch.Tensor) -> None:
         lo, hi = (float(v) for v in torch.aminmax(x))
         self.min_ = min(lo, getattr(self, "min_", lo))
         self.max_ = max(hi, getattr(self, "max_", hi))
+
+    def combine_ranks(self) -> None:
+        seen = hasattr(self, "min_")
+        local = torch.tensor([-self.min_, self.max_] if seen else [float("-inf"), float("-inf")], dtype=torch.float64)
+        merged = distributed.combine_max(local)
+        if bool(torch.isfinite(merged).all()):
+            self.min_, self.max_ = -float(merged[0]), float(merged[1])
 
     def range(self) -> tuple[float, float]:
         self._seen()
