@@ -32,6 +32,7 @@ import argparse
 import copy
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -181,28 +182,41 @@ def main(argv: list[str] | None = None) -> None:
     calib = list(windows.split(8))
     float_ppl = math.exp(mean_nll(model, eval_ids, 256, batch_size=64))
     print(f"float32 perplexity {float_ppl:.4f} on {eval_ids.numel():,} tokens (tinystories_val second half)")
-    print(f"{'bits/group':<11} {'tool':<10} {'method':<14} {'ppl':>9} {'delta':>9} {'vs RTN':>7}  float layers")
+    blocks = len(model.model.layers)
+    print(
+        f"{'bits/group':<11} {'tool':<10} {'method':<14} {'ppl':>9} {'delta':>9} {'vs RTN':>7}  float layers  "
+        "s / block (quantizing)"
+    )
     for bits, group in SETTINGS:
         skip = _skipped(model, group)
         rtn_delta = None
         for method in METHODS:
             preset = f"w{bits}a16-g{group}{method}"
+            start = time.perf_counter()
             q = quanta.quantize(copy.deepcopy(model), _recipe(preset, skip), calib)
+            per_block = (time.perf_counter() - start) / blocks
             delta = math.exp(mean_nll(q, eval_ids, 256, batch_size=64)) - float_ppl
             rtn_delta = delta if not method else rtn_delta
             removed = f"{100 * (1 - delta / rtn_delta):.0f}%" if method and rtn_delta else ""
             name = method.lstrip("-") or "rtn"
             print(
                 f"W{bits} g{group:<7} {'quanta':<10} {name:<14} {float_ppl + delta:>9.4f} {delta:>+9.4f} "
-                f"{removed:>7}  {len(skip)}"
+                f"{removed:>7}  {len(skip):<12}  {per_block:.2f}"
             )
-        for tool, name, peer in _peers(model, bits, group, skip):
+        peers = _peers(model, bits, group, skip)
+        while True:
+            start = time.perf_counter()
+            try:
+                tool, name, peer = next(peers)  # the peer quantizes (and its weights are dequantized) here
+            except StopIteration:
+                break
+            per_block = (time.perf_counter() - start) / blocks
             if isinstance(peer, str):
                 print(f"W{bits} g{group:<7} {tool:<10} {'-':<14} {'':>9} {'':>9} {'':>7}  ({peer})")
                 continue
             delta = math.exp(mean_nll(peer, eval_ids, 256, batch_size=64)) - float_ppl
             removed = f"{100 * (1 - delta / rtn_delta):.0f}%" if rtn_delta else ""
-            row = f"{float_ppl + delta:>9.4f} {delta:>+9.4f} {removed:>7}  {len(skip)}"
+            row = f"{float_ppl + delta:>9.4f} {delta:>+9.4f} {removed:>7}  {len(skip):<12}  {per_block:.2f}"
             print(f"W{bits} g{group:<7} {tool:<10} {name:<14} {row}")
     args_given = argv if argv is not None else sys.argv[1:]
     print("Command: " + " ".join([".venv/bin/python benchmarks/bench_lm_peers.py", *args_given]))
