@@ -188,12 +188,8 @@ def step_range(local_steps: int) -> tuple[int, int, int]:
     """
     if not _ACTIVE:
         return 0, local_steps, local_steps
-    import torch.distributed as dist
-
     world = _ACTIVE[-1]
-    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world.size)]
-    dist.all_gather(counts, torch.tensor([local_steps], dtype=torch.int64), group=world.group)
-    sizes = [int(c) for c in counts]
+    sizes = [int(c) for c in _all_gather(torch.tensor([local_steps], dtype=torch.int64))]
     n = sum(sizes)
     expected = [_node(n, world.depth, r) for r in range(world.size)]
     if [hi - lo for lo, hi in expected] != sizes:
@@ -205,15 +201,21 @@ def step_range(local_steps: int) -> tuple[int, int, int]:
     return lo, hi, n
 
 
-def combine(local: torch.Tensor) -> torch.Tensor:
-    """The whole tree's sum from every rank's subtree sum ``local`` (same shape on every rank), on every rank."""
-    if not _ACTIVE:
-        return local
+def _all_gather(local: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``local`` (same shape and dtype on every rank), in rank order."""
     import torch.distributed as dist
 
     world = _ACTIVE[-1]
     parts = [torch.empty_like(local) for _ in range(world.size)]
     dist.all_gather(parts, local.contiguous(), group=world.group)
+    return parts
+
+
+def combine(local: torch.Tensor) -> torch.Tensor:
+    """The whole tree's sum from every rank's subtree sum ``local`` (same shape on every rank), on every rank."""
+    if not _ACTIVE:
+        return local
+    parts = _all_gather(local)
     while len(parts) > 1:  # the top levels of the tree, pairwise, left to right
         parts = [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)]
     return parts[0]
@@ -234,12 +236,7 @@ def combine_max(local: torch.Tensor) -> torch.Tensor:
     """The elementwise maximum over the ranks (exact in any order), on every rank."""
     if not _ACTIVE:
         return local
-    import torch.distributed as dist
-
-    world = _ACTIVE[-1]
-    parts = [torch.empty_like(local) for _ in range(world.size)]
-    dist.all_gather(parts, local.contiguous(), group=world.group)
-    return torch.stack(parts).amax(dim=0)
+    return torch.stack(_all_gather(local)).amax(dim=0)
 
 
 def gather_rows(local: torch.Tensor) -> torch.Tensor:
@@ -247,14 +244,7 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
     :func:`shard` (ranks may hold different numbers of rows), on every rank."""
     if not _ACTIVE:
         return local
-    import torch.distributed as dist
-
-    world = _ACTIVE[-1]
-    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world.size)]
-    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.int64), group=world.group)
-    sizes = [int(c) for c in counts]
+    sizes = [int(c) for c in _all_gather(torch.tensor([local.shape[0]], dtype=torch.int64))]
     padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype)
     padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(world.size)]
-    dist.all_gather(parts, padded, group=world.group)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+    return torch.cat([part[:size] for part, size in zip(_all_gather(padded), sizes, strict=True)])

@@ -68,13 +68,17 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
 
 
+def _codes(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """int8 codes ``clamp(round(x / scale), -qmax, qmax)``; a zero scale (an all-zero vector) divides by 1."""
+    s = scale.float()
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.round(x.float() / safe).clamp_(-qmax, qmax).to(torch.int8)
+
+
 def quantize_kv_static(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes of ``x`` (batch, heads, tokens, head_dim) on the static per-channel grid ``scale`` (heads, head_dim):
     ``clamp(round(x / scale), -qmax, qmax)``, packed as :func:`quantize_kv` packs them."""
-    qmax = _qmax(bits)
-    s = scale.float().unsqueeze(-2)  # (heads, 1, head_dim)
-    safe = torch.where(s > 0, s, torch.ones_like(s))
-    return _pack(torch.round(x.float() / safe).clamp_(-qmax, qmax).to(torch.int8), bits)
+    return _pack(_codes(x, scale.unsqueeze(-2), _qmax(bits)), bits)  # scale (heads, 1, head_dim)
 
 
 def quantize_kv(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,9 +92,7 @@ def quantize_kv(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]
     """
     qmax = _qmax(bits)
     scales = (x.detach().float().abs().amax(dim=-1, keepdim=True) / qmax).to(SCALE_DTYPE)
-    safe = torch.where(scales > 0, scales.float(), torch.ones_like(scales, dtype=torch.float32))
-    codes = torch.round(x.float() / safe).clamp_(-qmax, qmax).to(torch.int8)
-    return _pack(codes, bits), scales
+    return _pack(_codes(x, scales, qmax), bits), scales
 
 
 def dequantize_kv(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
@@ -127,16 +129,11 @@ def _layer_class(bits: int) -> type[Any]:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             out = []
-            if self.key_scale is not None:
-                codes = quantize_kv_static(key_states, self.key_scale, bits)
-                old_codes, _ = self.stored["keys"]
-                self.stored["keys"] = (torch.cat([old_codes, codes], dim=-2), self.key_scale)
-                all_codes = self.stored["keys"][0]
-                scale = self.key_scale.float().unsqueeze(-2)  # (heads, 1, head_dim)
-                out.append(dequantize_kv(all_codes, torch.ones((), dtype=SCALE_DTYPE), bits, torch.float32) * scale)
-                out[0] = out[0].to(self.dtype)
             for name, new in (("keys", key_states), ("values", value_states)):
-                if name == "keys" and self.key_scale is not None:
+                if name == "keys" and self.key_scale is not None:  # static per-channel grid: codes only
+                    all_codes = torch.cat([self.stored["keys"][0], quantize_kv_static(new, self.key_scale, bits)], -2)
+                    self.stored["keys"] = (all_codes, self.key_scale)
+                    out.append(dequantize_kv(all_codes, self.key_scale.unsqueeze(-2), bits, self.dtype))
                     continue
                 codes, scales = quantize_kv(new, bits)
                 old_codes, old_scales = self.stored[name]

@@ -33,7 +33,7 @@ from quanta.calib import call_step
 from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.methods.registry import Method, TransformTarget, register_method
-from quanta.methods.smoothing import MAX_ROWS, Group, apply_scales, find_groups
+from quanta.methods.smoothing import MAX_ROWS, Group, apply_scales, find_groups, pick_rows
 from quanta.scheme import QScheme
 
 __all__ = ["CLIP_RATIOS", "GRID", "awq_scales", "clip_weight"]
@@ -136,10 +136,9 @@ def _layer_rows(model: nn.Module, layers: dict[str, nn.Linear], steps: list[Any]
     pick = torch.Generator().manual_seed(1)
     out = {}
     for name, parts in rows.items():
-        local = torch.cat(parts) if parts else torch.zeros(0, layers[name].in_features)
-        x = distributed.gather_rows(local)
+        x = pick_rows(parts, layers[name].in_features, pick)
         if x.shape[0]:
-            out[name] = x[torch.randperm(x.shape[0], generator=pick)[:MAX_ROWS]]
+            out[name] = x
     return out
 
 

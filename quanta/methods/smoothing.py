@@ -174,10 +174,16 @@ def _collect(model: nn.Module, groups: list[Group], steps: list[Any], keep_rows:
         group.absmax = distributed.combine_max(local_max)
         group.absmean = (distributed.combine(sums[group.norm_name].result()) / count).float()
         if keep_rows:
-            mine = sampled[group.norm_name]
-            rows = distributed.gather_rows(torch.cat(mine) if mine else torch.zeros(0, channels))
-            pick = torch.randperm(rows.shape[0], generator=pick_generator)[:MAX_ROWS]
-            group.rows = rows[pick]
+            group.rows = pick_rows(sampled[group.norm_name], channels, pick_generator)
+
+
+def pick_rows(parts: list[torch.Tensor], channels: int, generator: torch.Generator) -> torch.Tensor:
+    """This rank's sampled rows ``parts`` gathered with every rank's in step order, then at most MAX_ROWS of them
+    picked with ``generator``: the same sample on any number of processes."""
+    rows = distributed.gather_rows(torch.cat(parts) if parts else torch.zeros(0, channels))
+    if rows.shape[0] == 0:
+        return rows
+    return rows[torch.randperm(rows.shape[0], generator=generator)[:MAX_ROWS]]
 
 
 def _channels(group: Group) -> int:

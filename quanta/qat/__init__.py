@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from quanta import calib as calib_module
 from quanta.api import _plan
-from quanta.calib import call_step
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.formats.integer import IntegerFormat
 from quanta.methods.bn_fold import batchnorm_pairs
@@ -152,13 +152,9 @@ def _calibrate_inputs(model: nn.Module, calib: Iterable[Any]) -> None:
         q.begin_calibration()
     for twin in twins:
         twin.use_float_weights(True)
-    steps = 0
     try:
         model.eval()
-        with torch.no_grad():
-            for item in calib:
-                call_step(model, item, steps)
-                steps += 1
+        calib_module.run(model, calib)  # no gradients; an empty calibration set raises QuantaError
     except BaseException:
         for q in quantizers:
             q.abort_calibration()
@@ -167,10 +163,6 @@ def _calibrate_inputs(model: nn.Module, calib: Iterable[Any]) -> None:
         model.train(was_training)
         for twin in twins:
             twin.use_float_weights(False)
-    if steps == 0:
-        for q in quantizers:
-            q.abort_calibration()
-        raise QuantaError("the calibration data is empty; pass at least one batch of inputs (or calib=None).")
     for q in quantizers:
         q.end_calibration()
 
