@@ -78,8 +78,9 @@ def sign_encode(flat: torch.Tensor, error: torch.Tensor) -> tuple[torch.Tensor, 
     p = flat.float() + error
     blocks = _blocks(p)
     count = p.numel()
-    valid = _blocks(torch.ones_like(p))  # padding does not count towards a block's mean
-    scale = blocks.abs().sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True)
+    valid = torch.full((blocks.shape[0], 1), float(BLOCK))  # padding does not count towards a block's mean
+    valid[-1] = count - (blocks.shape[0] - 1) * BLOCK
+    scale = blocks.abs().sum(dim=1, keepdim=True) / valid
     positive = blocks >= 0
     sent = torch.where(positive, scale, -scale).flatten()[:count]
     bits = pack(positive.flatten().to(torch.uint8), 1)  # whole blocks: BLOCK / 8 bytes each, so scales stay aligned
