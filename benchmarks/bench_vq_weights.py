@@ -1,5 +1,6 @@
 """stories260K (Hugging Face Llama) perplexity vs bits per weight: vector codebooks (``vq{d}x{k}``, plain and
-input-weighted ``-iw``) against scalar int weights (RTN and GPTQ) at about 2, 3 and 4 bits per weight.
+input-weighted ``-iw``,
+GPTQ-style ``-gptvq``) against scalar int weights (RTN and GPTQ) at about 2, 3 and 4 bits per weight.
 
 Protocol as benchmarks/bench_lm.py (issue 4): tinystories_val.txt tokenized whole, split at its middle token;
 calibration takes 32 seeded windows of 256 tokens from the first half (used by ``-gptq`` and ``-iw``); perplexity
@@ -38,17 +39,22 @@ PRESETS = (
     "w2a16-g16-gptq",
     "vq2x16",
     "vq2x16-iw",
+    "vq2x16-gptvq",
     "vq4x16r2",
     "vq4x16r2-iw",
+    "vq4x16r2-gptvq",
     "vq4x256",
     "vq4x256-iw",
+    "vq4x256-gptvq",
     "w3a16",
     "w3a16-gptq",
     "w3a16-g16-gptq",
     "vq2x64",
     "vq2x64-iw",
+    "vq2x64-gptvq",
     "w4a16-gptq",
     "vq2x256-iw",
+    "vq2x256-gptvq",
 )
 
 
