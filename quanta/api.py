@@ -107,7 +107,9 @@ def _validate(
             if not weight.is_meta:  # an offloaded block's weights are checked when they are read
                 check_finite(weight.detach(), f"the {weight_name} of {step.name}")
     # Unknown methods, schemes a method cannot use and methods that need data without calib fail here.
-    return MethodPlan([Target(s.name, s.module, s.rule.method, s.rule.weight) for s in steps], calib)
+    rule_index = {id(rule): i for i, rule in enumerate(recipe.rules)}
+    targets = [Target(s.name, s.module, s.rule.method, s.rule.weight, rule_index.get(id(s.rule), -1)) for s in steps]
+    return MethodPlan(targets, calib)
 
 
 def _calibrate(model: nn.Module, steps: list[_Step], calib: Iterable[Any] | None) -> dict[str, Observer]:
@@ -222,10 +224,11 @@ def quantize_resolved(
             qweight = done.get(id(weight))
             if qweight is None:
                 axis = step.quant_class.quant_axis(weight_name)
-                if plan.rounds_weight(step.name, step.module, weight_name, axis):
-                    qweight = plan.quantize_weight(step.name, step.module, step.rule.weight)
-                else:
-                    qweight = quantize_tensor(weight.detach(), step.rule.weight, axis=axis)
+                with plan.sharing(step.name):
+                    if plan.rounds_weight(step.name, step.module, weight_name, axis):
+                        qweight = plan.quantize_weight(step.name, step.module, step.rule.weight)
+                    else:
+                        qweight = quantize_tensor(weight.detach(), step.rule.weight, axis=axis)
                 done[id(weight)] = qweight
             qweights[weight_name] = qweight
         packed = step.quant_class.from_float_weights(step.module, qweights)

@@ -6,6 +6,10 @@ scheme's format fit parameters and encode, then pack (:class:`QTensor`) or decod
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 
 from quanta.errors import InvalidTensorError
@@ -17,7 +21,33 @@ from quanta.primitives.ste import straight_through
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor, grouping_for, restore_2d, view_2d
 
-__all__ = ["dequantize", "fake_quantize", "quantize_tensor"]
+__all__ = ["dequantize", "fake_quantize", "quantize_tensor", "shared_params"]
+
+# The parameters a ``shared`` scheme codes onto instead of fitting its own (set by quanta.quantize per layer).
+_SHARED: ContextVar[Params | None] = ContextVar("quanta_shared_params", default=None)
+
+
+@contextlib.contextmanager
+def shared_params(params: Params) -> Iterator[None]:
+    """While active, tensors quantized with a ``shared`` scheme use ``params`` instead of fitting their own.
+
+    The tensors are taken by reference, so every QTensor made in the block holds the *same* codebook tensor:
+    ``quanta.model_nbytes`` and ``quanta.save`` count and store it once. ``quanta.quantize`` fits the shared
+    parameters over all the layers of a recipe rule and enters this for each of them.
+
+    Example:
+        >>> ws = [torch.randn(16, 32), torch.randn(8, 32)]
+        >>> book = quantize_tensor(torch.cat([w.reshape(-1) for w in ws]), "vq2x16:tensor:shared").params
+        >>> with shared_params(book):
+        ...     qts = [quantize_tensor(w, "vq2x16:tensor:shared") for w in ws]
+        >>> qts[0].params["codebook"] is qts[1].params["codebook"]
+        True
+    """
+    token = _SHARED.set(params)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def _fit(
@@ -43,6 +73,15 @@ def _fit(
     x2d = view_2d(x, scheme, axis).float()
     w2d = None if weight is None else view_2d(weight, scheme, axis).float()
     fmt = scheme.fmt
+    given = _SHARED.get() if scheme.shared else None
+    if given is not None:  # a codebook fitted over several tensors: coded onto, not refitted
+        params = dict(given)
+        weighted = getattr(fmt, "weighted_codes", None)
+        if w2d is not None and weighted is not None:  # importance still chooses the codes (per tensor: one block)
+            codes = weighted(x2d.unsqueeze(1), params, w2d.unsqueeze(1))
+            if codes is not None:
+                params["_codes"] = codes
+        return params, grouping, x2d
     params = grouping.reduce(lambda xb, wb: fmt.fit(xb, scheme, wb), x2d, w2d)
     return params, grouping, x2d
 

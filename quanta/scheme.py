@@ -11,6 +11,7 @@ Grammar (tokens joined by ``:``; the format comes first, the rest may come in an
                  | "sf32" (default) | "sf16" | "sbf16"  (dtype of scales, offsets and codebooks)
                  | "rne" (default, round half to even) | "sr" (stochastic rounding)
                  | "obs=NAME" (observer for activations, e.g. obs=minmax)
+                 | "shared" (codebook formats: one codebook fitted over every tensor of a recipe rule)
 
 ``str(scheme)`` prints the canonical form: defaults are left out, and the granularity is written whenever
 any option follows it, so the format and granularity always stand in the first two places
@@ -43,7 +44,7 @@ _GROUP = re.compile(r"g(-?[0-9]{1,9})")
 GRAMMAR_HELP = (
     "A scheme is FORMAT[:GRANULARITY][:OPTION...], e.g. int8, uint8:tensor:asym, int4:g128:asym, int8:ch:sf16, "
     "nf4:g64, fp8_e4m3, q4.4, lloyd3:g64. GRANULARITY is tensor | ch | gN (N > 0). OPTIONs: sym | asym | fmin, "
-    "full | narrow, sf32 | sf16 | sbf16, rne | sr, obs=NAME. Run `quanta formats` to list the formats."
+    "full | narrow, sf32 | sf16 | sbf16, rne | sr, obs=NAME, shared. Run `quanta formats` to list the formats."
 )
 
 
@@ -60,6 +61,8 @@ class QScheme:
         scale_dtype: storage dtype of scales, offsets and codebooks: ``fp32``, ``fp16`` or ``bf16``.
         rounding: ``rne`` (round half to even) or ``sr`` (stochastic).
         observer: name of the range observer used for activations (``None`` for weights).
+        shared: the parameters (a codebook) are fitted once over all the tensors a recipe rule quantizes and
+            stored once; ``quanta.quantize`` does the joint fit, a tensor quantized alone shares with itself.
 
     Raises:
         SchemeError: (or a subclass) when the combination is invalid for the format.
@@ -78,6 +81,7 @@ class QScheme:
     scale_dtype: ScaleDtype = "fp32"
     rounding: Rounding = "rne"
     observer: str | None = None
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, str):
@@ -119,6 +123,11 @@ class QScheme:
             )
         if self.observer is not None and not _OBSERVER.fullmatch(f"obs={self.observer}"):
             raise SchemeError(f"observer name {self.observer!r} is invalid; use lowercase letters, digits, '_' or '.'.")
+        if self.shared and not (fmt.shareable and self.granularity == "tensor"):
+            raise UnsupportedError(
+                f"{self.format}:{self._granularity_token()} cannot share its parameters across tensors; 'shared' "
+                "applies to per-tensor codebook formats (e.g. vq4x256:tensor:sf16:shared)."
+            )
         if self.narrow:
             fmt.code_values(self)  # raises BitWidthError where a narrow range leaves a single level
 
@@ -179,6 +188,8 @@ class QScheme:
                 put("rounding", token, rounding=token)
             elif observer:
                 put("observer", token, observer=observer.group(1))
+            elif token == "shared":
+                put("sharing", token, shared=True)
             else:
                 raise SchemeError(f"cannot parse {token!r} in scheme {text!r}. {GRAMMAR_HELP}")
         return cls(**fields)  # type: ignore[arg-type]
@@ -198,6 +209,8 @@ class QScheme:
             options.append(self.rounding)
         if self.observer is not None:
             options.append(f"obs={self.observer}")
+        if self.shared:
+            options.append("shared")
         granularity = self._granularity_token()
         if granularity == "tensor" and not options:
             return self.format

@@ -69,6 +69,8 @@ class Format(ABC):
     grouped: bool = True
     """False for grids with no fitted parameter (fixed point): only per-tensor makes sense."""
     narrowable: bool = False
+    shareable: bool = False
+    """Its fitted parameters (a codebook) may be shared by several tensors: the ``shared`` scheme option."""
     summary: str = ""
 
     @abstractmethod

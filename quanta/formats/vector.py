@@ -83,6 +83,8 @@ def _fit_stage(x: torch.Tensor, w: torch.Tensor | None, k: int) -> torch.Tensor:
 class VectorFormat(Format):
     """``vq{d}x{k}[r2]``: ``d``-dimensional vectors coded by a ``k``-entry k-means codebook (two with ``r2``)."""
 
+    shareable = True  # one codebook for many layers (``:shared``; fitted jointly by quanta.quantize)
+
     def __init__(self, dim: int, entries: int, stages: int = 1) -> None:
         if dim not in DIMS:
             raise BitWidthError(f"vector length {dim} is not supported; use one of {DIMS} (e.g. vq4x256).")
@@ -163,6 +165,24 @@ class VectorFormat(Format):
             # The weighted assignment, for encode (which sees no weights); not stored.
             params["_codes"] = self._to_sub(labels, self.dim).reshape(x.shape)
         return params
+
+    def weighted_codes(self, x: torch.Tensor, params: Params, weight: torch.Tensor) -> torch.Tensor | None:
+        """Sub-codes ``(rows, n, g)`` of blocks ``x`` on the given codebooks minimising ``sum w (x - c)^2`` (stages
+        chosen greedily), or ``None`` when ``g`` is not a multiple of ``d`` (then plain nearest-entry coding).
+
+        For a codebook fitted elsewhere (one shared by several layers), so that ``iw`` still codes by importance.
+        """
+        rows, n, g = x.shape
+        if g % self.dim:
+            return None
+        target, w = self._split(x)[0], self._split(weight)[0]
+        labels = torch.zeros(target.shape[:2], dtype=torch.int64)
+        for i, book in enumerate(self._books(params)):
+            book = book.expand(target.shape[0], -1, -1)
+            stage = _weighted_assign(target, w, book)
+            labels |= stage << (i * self.entry_bits)
+            target = target - book.gather(1, stage.unsqueeze(-1).expand(-1, -1, self.dim))
+        return self._to_sub(labels, self.dim).reshape(rows, n, g)
 
     def encode(
         self, x: torch.Tensor, params: Params, scheme: QScheme, generator: torch.Generator | None

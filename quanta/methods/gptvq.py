@@ -130,7 +130,8 @@ def gptvq_weight(
         hessian: ``E[x x^T]`` (K, K) of the layer's input vectors (any positive multiple).
         block_size: columns per lazy error update (rounded down to a multiple of ``d``).
         damp: damping, as a fraction of the mean of ``diag(H)``.
-        refit: refit the codebook entries to the chosen codes by least squares on the output error.
+        refit: refit the codebook entries to the chosen codes by least squares on the output error (not for a
+            ``shared`` scheme, whose codebook belongs to several layers).
 
     Returns:
         A QTensor of ``scheme`` with GPTVQ's codes and codebook(s).
@@ -191,13 +192,16 @@ def gptvq_weight(
             w1[:, i + d :] -= e @ u[j : j + d, j + d : end]
             err[:, i : i + d] = e
         w[:, end:] -= err @ u[s:end, end:]
-    if refit:
-        books = _refit_books(w_float, hessian.detach(), labels, books)
-    dtype = start.params["codebook"].dtype
-    params = {
-        n: storage_param(b, dtype, "codebook entry").to(dtype).reshape(1, 1, k, d)
-        for n, b in zip(names, books, strict=True)
-    }
+    if scheme.shared:  # the codebook is the one its rule's layers share: kept as it is (the same tensors)
+        params = dict(start.params)
+    else:
+        if refit:
+            books = _refit_books(w_float, hessian.detach(), labels, books)
+        dtype = start.params["codebook"].dtype
+        params = {
+            n: storage_param(b, dtype, "codebook entry").to(dtype).reshape(1, 1, k, d)
+            for n, b in zip(names, books, strict=True)
+        }
     vector_codes = sum(lab << (i * fmt.entry_bits) for i, lab in enumerate(labels))
     assert isinstance(vector_codes, torch.Tensor)
     sub = fmt._to_sub(vector_codes, d)  # (out, K) sub-codes, the format's layout

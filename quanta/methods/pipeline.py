@@ -5,7 +5,8 @@ a scheme a method cannot use, a method that needs data without ``calib``) before
 
 1. :meth:`MethodPlan.before` runs the transforms on the float model (``cle``) and lets the rounding methods gather
    their statistics (``adaround``'s ``E[x x^T]``), all before any layer is replaced;
-2. :meth:`MethodPlan.quantize_weight` is called for each layer in place of plain RTN;
+2. :meth:`MethodPlan.quantize_weight` is called for each layer in place of plain RTN, inside
+   :meth:`MethodPlan.sharing` (the codebook a ``shared`` scheme's rule fitted over all its layers in ``before``);
 3. :meth:`MethodPlan.after` runs the corrections on the quantized model (``bc``).
 """
 
@@ -17,10 +18,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
+from quanta.codec import quantize_tensor, shared_params
 from quanta.errors import QuantaError, UnsupportedError
-from quanta.methods.layers import linear_view, transposed_qtensor
+from quanta.formats.base import Params
+from quanta.methods.layers import has_matrix_view, linear_view, transposed_qtensor, weight_matrix
 from quanta.methods.registry import Method, Methods, TransformTarget, calibration_list, parse_methods
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
@@ -30,12 +34,14 @@ __all__ = ["MethodPlan", "Target"]
 
 @dataclass(frozen=True)
 class Target:
-    """One planned layer: its name, the float module, the recipe's method field and its weight scheme."""
+    """One planned layer: its name, the float module, the recipe's method field and its weight scheme, and the
+    index of the recipe rule that matched it (layers of one rule share a ``shared`` scheme's codebook)."""
 
     name: str
     module: nn.Module
     method: str
     scheme: QScheme | None
+    rule: int = 0
 
 
 class MethodPlan:
@@ -65,6 +71,7 @@ class MethodPlan:
         # Several passes are made over the data when methods run, so a generator is read into a list once.
         self.calib: Iterable[Any] | None = calibration_list(calib) if needs_list else calib
         self._stats: dict[str, Any] = {}
+        self._shared: dict[str, Params] = {}  # layer name -> the codebook its rule's layers share
         # GPT-2's Conv1D layers are shown to the methods as Linear views of the same storage
         self._views = {t.name: v for t in self.targets if (v := linear_view(t.module)) is not None}
 
@@ -107,6 +114,7 @@ class MethodPlan:
         transforms = self._distinct("transform")
         collectors = [m for m in self._distinct("rounding") if m.collect is not None]
         if not transforms and not collectors:
+            self._fit_shared()
             return  # plain RTN: the calibration data (maybe a one-shot generator) is left for the observers
         steps = self._steps()
         with self._viewed(model):
@@ -122,6 +130,41 @@ class MethodPlan:
             for method in collectors:
                 assert method.collect is not None
                 self._stats[method.name] = method.collect(model, self._names(method), steps)
+        self._fit_shared()
+
+    def _fit_shared(self) -> None:
+        """Fit one codebook per recipe rule whose scheme is ``shared``, over all of that rule's layers at once.
+
+        The layers' weight matrices are concatenated into one tensor and fitted as the scheme's format fits one
+        layer. When the rule's rounding method gathered ``E[x x^T]`` per layer (gptvq, iw, gptq), the fit is
+        weighted by its diagonal, as ``iw`` weights one layer's fit, each layer's normalised to mean 1.
+        """
+        groups: dict[tuple[int, QScheme], list[Target]] = {}
+        for t in self.targets:
+            if t.scheme is not None and t.scheme.shared and has_matrix_view(self._module(t)):
+                groups.setdefault((t.rule, t.scheme), []).append(t)
+        for (_, scheme), members in groups.items():
+            weights, importance = [], []
+            stats = self._stats.get(self.methods[members[0].name].rounding.name)
+            for t in members:
+                w = weight_matrix(self._module(t)).detach().float()  # (out, K)
+                weights.append(w.reshape(-1))
+                h = stats.get(t.name) if isinstance(stats, dict) else None
+                if isinstance(h, torch.Tensor) and h.shape == (w.shape[1], w.shape[1]):
+                    # Normalised per layer: input energies differ by orders of magnitude between layers, and an
+                    # unnormalised fit spends the shared entries on the most energetic layer (stories260K: 2x ppl).
+                    diag = h.diagonal().float().clamp_min(0.0)
+                    diag = diag / diag.mean().clamp_min(1e-30)
+                    importance.append(diag.expand_as(w).reshape(-1))
+            weight = torch.cat(importance) if len(importance) == len(members) else None
+            fitted = quantize_tensor(torch.cat(weights), scheme, weight=weight).params
+            for t in members:
+                self._shared[t.name] = fitted
+
+    def sharing(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """The context in which layer ``name`` is quantized: coding onto its rule's shared codebook, if any."""
+        params = self._shared.get(name)
+        return contextlib.nullcontext() if params is None else shared_params(params)
 
     def rounds_weight(self, name: str, module: nn.Module, weight_name: str, axis: int | None) -> bool:
         """Whether the layer's rounding method quantizes this weight; else it is plain RTN.
