@@ -46,15 +46,20 @@ PRESETS = (
     "vq4x256",
     "vq4x256-iw",
     "vq4x256-gptvq",
+    "vq4x256s",
+    "vq4x256s-iw",
+    "vq4x256s-gptvq",
     "w3a16",
     "w3a16-gptq",
     "w3a16-g16-gptq",
     "vq2x64",
     "vq2x64-iw",
     "vq2x64-gptvq",
+    "vq2x64s-gptvq",
     "w4a16-gptq",
     "vq2x256-iw",
     "vq2x256-gptvq",
+    "vq2x256s-gptvq",
 )
 
 
