@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_CPU ?= torch==2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
-TEST_EXTRAS := dev,demo,hf
+TEST_EXTRAS := dev,demo,hf,export,audio,image
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck bench clean-venv

@@ -13,6 +13,8 @@ from quanta._version import __version__
 from quanta.api import model_nbytes, quantize
 from quanta.checkpoint import load, save
 from quanta.codec import dequantize, fake_quantize, quantize_tensor
+from quanta.eval.sensitivity import sensitivity
+from quanta.export import export
 from quanta.formats import get_format
 from quanta.primitives import metrics
 from quanta.qat import convert, prepare_qat
@@ -29,6 +31,7 @@ __all__ = [
     "convert",
     "dequantize",
     "errors",
+    "export",
     "fake_quantize",
     "get_format",
     "load",
@@ -39,6 +42,7 @@ __all__ = [
     "quantize",
     "quantize_tensor",
     "save",
+    "sensitivity",
     "signal",
     "vq",
 ]

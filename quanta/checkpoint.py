@@ -129,8 +129,8 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     Packed modules are rebuilt from the stored codes (every QTensor is validated); everything else is loaded with
     ``load_state_dict(strict=True, assign=True)``, so a skeleton built under ``torch.device("meta")`` works and no
     float weight is ever materialised. Without a skeleton, a model from ``quanta.zoo`` is rebuilt (on the meta
-    device) from the name recorded in quanta.json, and a transformers model from its config.json. Outputs are
-    bit-identical to the saved model's.
+    device) from the name recorded in quanta.json, and a transformers model from its config.json. The model is
+    returned in eval mode; its outputs are bit-identical to the saved model's.
 
     Raises:
         QuantaError: no skeleton given. CorruptDataError: missing, newer, truncated or inconsistent files.
@@ -221,6 +221,9 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             module._buffers.clear()
             module._buffers.update(buffers)
         raise
+    # A loaded quantized model is for inference, like transformers' from_pretrained: eval mode, so BatchNorm and
+    # dropout act as they did when it was quantized (a zoo skeleton is built in training mode).
+    model.eval()
     disable_fused_fast_paths(model)
     if config.get("int8_flow", True) and int8_flow.can_flow(model):  # files from before the flow had it on load
         int8_flow.enable(model)

@@ -587,8 +587,7 @@ def _points(base: Any, rows: list[Any]) -> list[tuple[str, int, float]]:
     return [(r.recipe, r.nbytes, r.accuracy) for r in (base, *rows) if not r.skipped]
 
 
-if __name__ == "__main__":
+from quanta import cli_audio, cli_export, cli_image, cli_lm, cli_sensitivity  # noqa: E402, F401  (register their commands)
+
+if __name__ == "__main__":  # after the imports above, so `python -m quanta.cli` sees every command
     app()
-
-
-from quanta import cli_image, cli_lm  # noqa: E402, F401  (register eval, generate and image on the app)

@@ -49,3 +49,13 @@ def test_bench_rl_policy_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("float32", "w8a16", "ternary", "QAT"):
         assert text in out
+
+
+def test_bench_sensitivity_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    if not (BENCHMARKS.parent.parent / "shared" / "data" / "resnet_cifar10").is_dir():
+        pytest.skip("../shared/data (real models) is not present")
+    bench = _load("bench_sensitivity")
+    bench.main(["--quick"])  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    for text in ("ResNet-20", "layer1.0.conv1", "hessian_diag", "all pairs", "Command:"):
+        assert text in out

@@ -171,3 +171,23 @@ def test_a_skeleton_that_does_not_fit_is_given_back_unchanged(tmp_path: Path) ->
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
     with pytest.raises(QuantaError, match="already quantized"):
         quanta.load(path, quanta.quantize(_net(), "w8a16"))
+
+
+def test_a_loaded_model_is_in_eval_mode_and_matches_the_saved_one(tmp_path: Path) -> None:
+    # A skeleton is built in training mode; BatchNorm would then normalise with batch statistics and the reloaded
+    # model would not reproduce the saved one (seen with `quanta quantize zoo:resnet20 -r w8a8`).
+    torch.manual_seed(0)
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+
+    model = net()
+    model[1].running_mean.uniform_(-1, 1)
+    model.eval()
+    quanta.quantize(model, "w8a16")
+    quanta.save(model, tmp_path / "m")
+    loaded = quanta.load(tmp_path / "m", net())
+    assert not loaded.training
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -54,8 +54,10 @@ def transformers_module() -> ModuleType:
 
 def is_hf_model(model: nn.Module) -> bool:
     """Whether ``model`` is a transformers ``PreTrainedModel`` (checked without importing transformers)."""
-    transformers = sys.modules.get("transformers")
-    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+    # transformers.modeling_utils, not the package: the package's lazy PreTrainedModel attribute imports all of
+    # transformers' model code on first touch (15 s here), even when the model is not a transformers one.
+    modeling = sys.modules.get("transformers.modeling_utils")
+    return modeling is not None and isinstance(model, modeling.PreTrainedModel)
 
 
 def load_hf(directory: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
