@@ -28,7 +28,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -262,8 +262,13 @@ def rate_distortion_table(bits: Iterable[int] = range(1, 9), sources: Iterable[s
     return rows
 
 
-def plot_rate_distortion(path: str | os.PathLike[str], table: list[RDPoint] | None = None) -> str:
+def plot_rate_distortion(
+    path: str | os.PathLike[str], table: list[RDPoint] | None = None, vq: Iterable[Any] = ()
+) -> str:
     """Write a PNG of distortion (dB) vs rate for every source and quantizer; written atomically.
+
+    ``vq`` adds trained vector quantizers (:class:`~quanta.signal.rate_distortion_vq.VQPoint`, labelled with
+    their dimension) to their source's panel.
 
     Needs matplotlib (the ``demo`` extra). Returns the path written.
 
@@ -284,6 +289,19 @@ def plot_rate_distortion(path: str | os.PathLike[str], table: list[RDPoint] | No
         rates = [r.bits for r in sel]
         for name, style in (("uniform", "o-"), ("lloyd_max", "s-"), ("ecsq", "^-"), ("shannon", "k--")):
             ax.plot(rates, [10 * math.log10(getattr(r, name)) for r in sel], style, label=name)
+        points = sorted((p for p in vq if p.source == source), key=lambda p: p.rate)
+        if points:
+            ax.plot(
+                [p.rate for p in points], [10 * math.log10(p.distortion) for p in points], "D-", label="vq (k-means)"
+            )
+            for p in points:
+                ax.annotate(
+                    f"d={p.dim}",
+                    (p.rate, 10 * math.log10(p.distortion)),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         ax.set(title=f"{source} source", xlabel="rate R (bits/sample)", ylabel="D / σ² (dB)")
         ax.grid(alpha=0.3)
         ax.legend()
