@@ -15,6 +15,7 @@ quanta / faiss; training time as quanta / faiss; encode throughput (database vec
 throughput (queries per second, k = 10) of both.
 
     .venv/bin/python benchmarks/bench_vq.py [--data ../shared/data] [--threads 1] [--sets mnist,digits,synthetic]
+        [--codecs pq,opq,rq] [--seeds 3] [--mnist-opq 16,28,49] [--mnist-rq 8,16]
 """
 
 from __future__ import annotations
@@ -215,6 +216,10 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codecs", default="pq,opq,rq", help="subset of pq,opq,rq")
     parser.add_argument("--seeds", type=int, default=3, help="runs per row (split and training seeds), averaged")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+    parser.add_argument("--mnist-opq", default="", help="OPQ m values on MNIST, e.g. 16,28,49 (slow: faiss minutes)")
+    parser.add_argument("--mnist-rq", default="8", help="RQ stages on MNIST, e.g. 8,16")
     args = parser.parse_args(argv)
     try:
         import faiss
@@ -231,11 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     codecs = set(args.codecs.split(","))
-    # name: (loader, queries, PQ m values, OPQ m values, RQ stages). No OPQ row on MNIST: faiss's OPQMatrix
-    # (50 alternations, each an SVD of 784 x 784 and PQ updates) takes minutes there at one thread.
+    # name: (loader, queries, PQ m values, OPQ m values, RQ stages). OPQ on MNIST only on request: faiss's
+    # OPQMatrix (50 alternations, each an SVD of 784 x 784 and PQ updates) takes minutes there at one thread.
     Plan = tuple[Callable[[], np.ndarray], int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     plans: dict[str, Plan] = {
-        "mnist": (lambda: mnist_784(args.data), 1000, (16, 28, 49), (), (8,)),
+        "mnist": (lambda: mnist_784(args.data), 1000, (16, 28, 49), _ints(args.mnist_opq), _ints(args.mnist_rq)),
         "digits": (digits_64, 200, (8, 16), (8,), (8,)),
         "synthetic": (clustered, 2000, (16, 32), (16,), (8, 16)),
     }

@@ -2,8 +2,8 @@
 
 :func:`palette` reduces an RGB image to at most ``colors`` colours: it clusters the image's *distinct* colours, each
 weighted by how many pixels have it (a photo has far fewer distinct colours than pixels, and the weighted problem
-has the same optimum as the per-pixel one): weighted Lloyd updates, whose nearest-centre step is
-:func:`quanta.vq.kmeans.assign`, from a median-cut and from greedy weighted k-means++ seedings. The clustering runs
+has the same optimum as the per-pixel one): the weighted Lloyd updates of :func:`quanta.vq.kmeans.kmeans`, from a
+median-cut and from greedy weighted k-means++ seedings. The clustering runs
 in ``space``: ``rgb`` (sRGB values, the space PSNR measures, so it maximises PSNR), ``lab`` (CIELAB) or ``oklab``
 (closer to perceived differences: often better looking, lower PSNR). With ``dither=True`` each pixel's error is
 diffused to its unvisited neighbours (Floyd-Steinberg weights 7/16, 3/16, 5/16, 1/16, in raster order), which keeps
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,12 @@ import torch
 
 from quanta.colorspace import SPACES, from_space, to_space
 from quanta.errors import CorruptDataError, InvalidTensorError, QuantaError, SchemeError
-from quanta.vq.kmeans import assign
+from quanta.vq.kmeans import assign, kmeans
 
 __all__ = [
     "MAX_COLORS",
     "apply_palette",
+    "error_diffusion",
     "floyd_steinberg",
     "palette",
     "psnr",
@@ -147,31 +149,6 @@ def _median_cut(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     return np.stack(means)
 
 
-def _lloyd(
-    x: torch.Tensor, w: torch.Tensor, centers: torch.Tensor, n_iter: int, tol: float
-) -> tuple[torch.Tensor, float]:
-    """Weighted Lloyd updates from ``centers`` ``(k, d)``: the final centres and their weighted squared error."""
-    k = centers.shape[0]
-    xw = x * w.unsqueeze(1)
-    prev = math.inf
-    for _ in range(n_iter):
-        labels, dist = assign(x.unsqueeze(0), centers.unsqueeze(0))
-        labels, dist = labels[0], dist[0]
-        err = float((dist * w).sum())
-        if math.isfinite(prev) and prev - err <= tol * prev:
-            break
-        prev = err
-        sums = torch.zeros_like(centers).index_add_(0, labels, xw)
-        mass = torch.zeros(k, dtype=x.dtype).index_add_(0, labels, w)
-        filled = mass > 0
-        centers = torch.where(filled.unsqueeze(1), sums / mass.clamp_min(1e-12).unsqueeze(1), centers)
-        empty = (~filled).nonzero()[:, 0]
-        if empty.numel():  # re-seed an empty cluster on the colours that cost the most
-            centers[empty] = x[(dist * w).topk(empty.numel()).indices]
-    _, dist = assign(x.unsqueeze(0), centers.unsqueeze(0))
-    return centers, float((dist[0] * w).sum())
-
-
 def _weighted_kmeans(x: np.ndarray, w: np.ndarray, k: int, n_iter: int, tol: float, seed: int) -> np.ndarray:
     """Centres ``(k', d)`` (``k' <= k``) of weighted k-means on ``x`` ``(n, d)``, ``w`` ``(n,)``; ``n > k``.
 
@@ -186,11 +163,23 @@ def _weighted_kmeans(x: np.ndarray, w: np.ndarray, k: int, n_iter: int, tol: flo
             inits.append(_seed(x[rows], mult.astype(np.float64), k, rng))
         else:
             inits.append(_seed(x, w, k, rng))
-    xt, wt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(w.astype(np.float32))
+    xt = torch.from_numpy(x.astype(np.float32)).unsqueeze(0)  # (1, n, d)
+    wt = torch.from_numpy(w.astype(np.float32)).unsqueeze(0)  # (1, n)
+
+    def lloyd(init: torch.Tensor, updates: int) -> tuple[torch.Tensor, float]:
+        # Weighted Lloyd updates on every colour (no subsampling) from init (k', d); the error is that of the last
+        # assignment. k' < k when the seeding ran out of distinct colours.
+        if updates == 0:
+            return init, math.inf
+        centers, err, _ = kmeans(
+            xt, len(init), n_iter=updates, tol=tol, init=init[None], max_points_per_centroid=None, weights=wt
+        )
+        return centers[0], float(err[0])
+
     # A few updates show which start leads to the best optimum; only that one runs to convergence.
-    runs = [_lloyd(xt, wt, torch.from_numpy(init.astype(np.float32)), PROBE_ITER, tol) for init in inits]
+    runs = [lloyd(torch.from_numpy(init.astype(np.float32)), PROBE_ITER) for init in inits]
     best = min(runs, key=lambda run: run[1])[0]
-    return _lloyd(xt, wt, best, max(0, n_iter - PROBE_ITER), tol)[0].double().numpy()
+    return lloyd(best, max(0, n_iter - PROBE_ITER))[0].double().numpy()
 
 
 def _nearest(x: np.ndarray, pal: np.ndarray) -> np.ndarray:
@@ -200,37 +189,64 @@ def _nearest(x: np.ndarray, pal: np.ndarray) -> np.ndarray:
     return labels[0].numpy()
 
 
-def floyd_steinberg(work: np.ndarray, pal: np.ndarray) -> np.ndarray:
-    """Floyd-Steinberg error diffusion in raster order: palette index ``(H, W)`` int64 of each pixel.
+def error_diffusion(
+    work: np.ndarray, nearest: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], lo: Any, hi: Any
+) -> np.ndarray:
+    """Floyd-Steinberg error diffusion in raster order with any quantizer: the code of each pixel.
 
     Pixel ``(y, x)`` needs the errors of ``(y, x-1)`` and ``(y-1, x-1..x+1)``, so every pixel on the line
     ``x + 2y = t`` can be processed at once: ``W + 2H - 2`` vectorised steps give exactly the sequential result.
-    Each pixel plus its diffused error is clipped to the palette's bounding box before the nearest entry is found
-    (as Pillow clips to 0..255), so errors at unreachable extremes cannot pile up.
+    Each pixel plus its diffused error is clipped to ``lo..hi`` (the quantizer's range, as Pillow clips to 0..255)
+    before it is quantized, so errors at unreachable extremes cannot pile up; the error goes 7/16 right, 3/16
+    down-left, 5/16 down and 1/16 down-right.
+
+    Args:
+        work: the image ``(H, W, C)`` float (in the working colour space).
+        nearest: maps ``n`` clipped pixels ``(n, C)`` to ``(codes (n, ...), reconstructions (n, C))``.
+        lo: lower clip bound, a scalar or ``(C,)``.
+        hi: upper clip bound, a scalar or ``(C,)``.
+
+    Returns:
+        The codes ``(H, W, ...)`` int64, laid out as ``nearest`` returns them per pixel.
+    """
+    h, w, c = work.shape
+    buf = np.zeros((h + 1, w + 2, c))  # one column of padding each side and a row below: edge errors fall off
+    buf[:h, 1 : w + 1] = work
+    out: np.ndarray | None = None
+    for t in range(w + 2 * (h - 1)):
+        ys = np.arange(max(0, -((w - 1 - t) // 2)), min(h - 1, t // 2) + 1)  # rows with 0 <= t - 2y < w
+        xs = t - 2 * ys
+        v = np.clip(buf[ys, xs + 1], lo, hi)  # (n, C)
+        codes, rec = nearest(v)
+        if out is None:
+            out = np.empty((h, w, *np.shape(codes)[1:]), dtype=np.int64)
+        out[ys, xs] = codes
+        e = v - rec
+        buf[ys, xs + 2] += e * (7 / 16)
+        buf[ys + 1, xs] += e * (3 / 16)
+        buf[ys + 1, xs + 1] += e * (5 / 16)
+        buf[ys + 1, xs + 2] += e * (1 / 16)
+    return np.empty((h, w), dtype=np.int64) if out is None else out  # None: an empty image
+
+
+def floyd_steinberg(work: np.ndarray, pal: np.ndarray) -> np.ndarray:
+    """Floyd-Steinberg error diffusion to a palette: palette index ``(H, W)`` int64 of each pixel.
+
+    :func:`error_diffusion` with the nearest palette entry as the quantizer, clipping each pixel to the
+    palette's bounding box.
 
     Args:
         work: the image in the working colour space ``(H, W, 3)`` float.
         pal: the palette in the same space ``(k, 3)`` float.
     """
-    h, w, _ = work.shape
     pal = np.asarray(pal, dtype=np.float64)
-    lo, hi = pal.min(axis=0), pal.max(axis=0)
-    buf = np.zeros((h + 1, w + 2, 3))  # one column of padding each side and a row below: edge errors fall off
-    buf[:h, 1 : w + 1] = work
     p_norm = (pal * pal).sum(axis=1)  # (k,)
-    out = np.empty((h, w), dtype=np.int64)
-    for t in range(w + 2 * (h - 1)):
-        ys = np.arange(max(0, -((w - 1 - t) // 2)), min(h - 1, t // 2) + 1)  # rows with 0 <= t - 2y < w
-        xs = t - 2 * ys
-        v = np.clip(buf[ys, xs + 1], lo, hi)  # (n, 3)
+
+    def nearest(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         j = (p_norm - 2.0 * v @ pal.T).argmin(axis=1)  # (n,) nearest entry: ||p||^2 - 2 v.p
-        out[ys, xs] = j
-        e = v - pal[j]
-        buf[ys, xs + 2] += e * (7 / 16)
-        buf[ys + 1, xs] += e * (3 / 16)
-        buf[ys + 1, xs + 1] += e * (5 / 16)
-        buf[ys + 1, xs + 2] += e * (1 / 16)
-    return out
+        return j, pal[j]
+
+    return error_diffusion(work, nearest, pal.min(axis=0), pal.max(axis=0))
 
 
 def _index_dtype(n: int) -> type[np.unsignedinteger]:

@@ -67,3 +67,14 @@ def test_pq_error_at_most_faiss(gaussian: np.ndarray) -> None:
     fpq.train(gaussian)
     theirs = float(((fpq.decode(fpq.compute_codes(gaussian)) - gaussian) ** 2).sum(axis=1).mean())
     assert ProductQuantizer(m=4, nbits=6).fit(gaussian).reconstruction_mse(gaussian) <= 1.02 * theirs
+
+
+def test_rq_error_at_most_faiss_on_clustered_data() -> None:
+    # Clustered data is where training matters (faiss's progressive-dimension k-means beat plain k-means there).
+    from tests.vq.test_rq import _clustered
+
+    x = _clustered(1500, 16, 16)
+    frq = faiss.ResidualQuantizer(16, 3, 5)  # faiss's defaults: progressive-dimension training, beam 5
+    frq.train(x)
+    theirs = float(((frq.decode(frq.compute_codes(x)) - x) ** 2).sum(axis=1).mean())
+    assert ResidualQuantizer(stages=3, nbits=5, beam_size=5).fit(x).reconstruction_mse(x) <= 1.02 * theirs

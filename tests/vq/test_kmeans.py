@@ -85,3 +85,47 @@ def test_bad_input() -> None:
         KMeans(2).predict(x)
     with pytest.raises(InvalidTensorError, match="2-D"):
         KMeans(2).fit(np.zeros(10, np.float32))
+
+
+def test_integer_weights_equal_repeated_rows() -> None:
+    x = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)  # no clusters: seeds decide the optimum
+    counts = np.random.default_rng(4).integers(1, 5, size=len(x))
+    settings = {"n_iter": 30, "init_size": 10**6, "max_points_per_centroid": None, "seed": 2}
+    weighted = KMeans(8, **settings).fit(x, sample_weight=counts.astype(np.float32))  # type: ignore[arg-type]
+    repeated = KMeans(8, **settings).fit(np.repeat(x, counts, axis=0))  # type: ignore[arg-type]
+    # Same seeds (k-means++ inverts the same CDF) and the same Lloyd updates: equal up to float summation order.
+    torch.testing.assert_close(weighted.cluster_centers_, repeated.cluster_centers_, atol=1e-5, rtol=1e-5)
+    assert weighted.inertia_ == pytest.approx(repeated.inertia_, rel=1e-4)
+    assert weighted.n_iter_ == repeated.n_iter_
+
+
+def test_one_cluster_is_the_weighted_mean() -> None:
+    rng = np.random.default_rng(5)
+    x, w = rng.normal(size=(200, 3)).astype(np.float32), rng.uniform(0, 3, size=200).astype(np.float32)
+    km = KMeans(1, n_iter=2).fit(x, sample_weight=w)
+    np.testing.assert_allclose(km.cluster_centers_[0].numpy(), np.average(x, axis=0, weights=w), atol=1e-5)
+    expected = np.average(((x - np.average(x, axis=0, weights=w)) ** 2).sum(axis=1), weights=w)
+    assert km.inertia_ == pytest.approx(expected, rel=1e-5)
+
+
+def test_zero_weight_points_do_not_move_centres() -> None:
+    x, centres = _blobs()
+    far = np.full((5, x.shape[1]), 1e3, np.float32)  # outliers that weigh nothing
+    w = np.concatenate([np.ones(len(x)), np.zeros(5)]).astype(np.float32)
+    km = KMeans(6, seed=1).fit(np.concatenate([x, far]), sample_weight=w)
+    gaps = np.linalg.norm(centres[:, None] - km.cluster_centers_.numpy()[None], axis=2).min(axis=1)
+    assert gaps.max() < 0.1
+
+
+def test_bad_weights() -> None:
+    x, _ = _blobs()
+    with pytest.raises(InvalidTensorError, match=r"shape \(600,\)"):
+        KMeans(2).fit(x, sample_weight=np.ones(5, np.float32))
+    with pytest.raises(InvalidTensorError, match=">= 0"):
+        KMeans(2).fit(x, sample_weight=-np.ones(len(x), np.float32))
+    with pytest.raises(InvalidTensorError, match="zero everywhere"):
+        KMeans(2).fit(x, sample_weight=np.zeros(len(x), np.float32))
+    with pytest.raises(NonFiniteError, match="index 3"):
+        KMeans(2).fit(x, sample_weight=np.where(np.arange(len(x)) == 3, np.nan, 1.0))
+    with pytest.raises(InvalidTensorError, match="numpy array or a torch tensor"):
+        KMeans(2).fit(x, sample_weight=[1.0] * len(x))
