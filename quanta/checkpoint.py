@@ -138,6 +138,10 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
     path = Path(directory)
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
+        from quanta.export.hf_model import METHODS, load_hf_quantized, quant_method
+
+        if model is None and quant_method(path) in METHODS:  # a compressed-tensors / GPTQ / AWQ HF checkpoint
+            return load_hf_quantized(path)
         raise CorruptDataError(f"{path} has no {CONFIG_FILE}; it is not a quanta model directory.")
     try:
         config = json.loads(config_path.read_text())

@@ -299,10 +299,31 @@ def quantize(
             "directory of a transformers model."
         ),
     ],
-    recipe: Annotated[
-        str, typer.Option("--recipe", "-r", help="A preset (w8a16, w8a8, w4a16-g128, ...) or a recipe JSON file.")
-    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The directory to write (quanta.save layout).")],
+    recipe: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--recipe",
+            "-r",
+            help="A preset (w8a16, w8a8, w4a16-g128, ...), a recipe JSON file or a quanta.json (its recipe).",
+        ),
+    ] = None,
+    target_bpw: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--target-bpw", help="Mixed precision: choose per-layer candidates within B bits per weight."),
+    ] = None,
+    max_bytes: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--max-bytes", help="Mixed precision within a whole-model size: 180000, 180k, 1.5M, 64KiB."),
+    ] = None,
+    candidates: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--candidates",
+            help="Mixed precision: comma-separated presets per layer (default w2a16-g32,w3a16-g32,w4a16-g32,"
+            "w8a16; language models: -gptq on the 2-4 bit ones).",
+        ),
+    ] = None,
     calib: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -316,12 +337,19 @@ def quantize(
     ] = None,
     eval_data: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--eval", help="An .npz with x (images) and y (labels): print float vs quantized accuracy."),
+        typer.Option(
+            "--eval",
+            help="Zoo models: an .npz with x (images) and y (labels): float vs quantized accuracy. Language models: "
+            "a UTF-8 text file: perplexity and KL vs float, in the report.",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per calibration/evaluation batch.")] = 500,
     max_batches: Annotated[int, typer.Option(min=1, help="Calibrate on at most this many batches.")] = 16,
     layers: Annotated[
         bool, typer.Option("--layers", help="Also print per-layer output SQNR vs float (on the first batch).")
+    ] = False,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Do not write report.json / report.html beside the model.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
     offload: Annotated[
@@ -357,11 +385,47 @@ def quantize(
     from quanta.zoo import load_pretrained
 
     out = _Out(as_json, quiet, seed)
+    if target_bpw is not None or max_bytes is not None:  # mixed precision under a budget: quanta.cli_mixed
+        from quanta.cli_mixed import quantize_mixed
+
+        opts = {"nsamples": nsamples, "seqlen": seqlen, "batch_size": batch_size, "max_batches": max_batches}
+        with _errors():
+            if recipe is not None or offload or resume or eval_data is not None or layers:
+                raise QuantaError(
+                    "--target-bpw/--max-bytes choose the recipe: drop -r, --offload, --resume, --eval, --layers."
+                )
+            quantize_mixed(
+                model,
+                output,
+                calib,
+                target_bpw,
+                max_bytes,
+                candidates,
+                opts | {"overwrite": overwrite, "seed": seed},
+                out,
+            )
+        return
+    if recipe is None:
+        with _errors():
+            raise QuantaError(
+                "give a recipe (-r w4a16-g128, a recipe JSON) or a budget (--target-bpw 3.5, --max-bytes 180k)."
+            )
     if Path(model).is_dir():  # a transformers model directory
         from quanta.cli_lm import quantize_hf
 
         quantize_hf(
-            Path(model), recipe, output, calib, nsamples, seqlen, overwrite, out, offload=offload, resume=resume
+            Path(model),
+            recipe,
+            output,
+            calib,
+            nsamples,
+            seqlen,
+            overwrite,
+            out,
+            offload=offload,
+            resume=resume,
+            eval_text=eval_data,
+            report=not no_report,
         )
         return
     start = time.perf_counter()
@@ -386,7 +450,7 @@ def quantize(
             test = (test_x, labels_from(arrays["y"], eval_data, len(test_x)))
 
         net = load_pretrained(name, weights)
-        reference = copy.deepcopy(net) if layers else None
+        reference = copy.deepcopy(net) if layers or not no_report else None
         float_nbytes = quanta.model_nbytes(net)
         float_acc = None
         if test is not None:
@@ -407,10 +471,16 @@ def quantize(
                 raise QuantaError(f"{output} does not reproduce the quantized model's outputs; please report this.")
         quant_acc = None if test is None else accuracy(loaded, test, batch_size=batch_size)
         per_layer = []
-        if reference is not None:
+        if layers and reference is not None:
             per_layer = layer_errors(
                 reference, loaded, [test[0][:batch_size] if test else batches[0] if batches else probe]
             )
+        report_lines: list[str] = []
+        if not no_report:  # report.json + report.html beside the model (quanta.cli_report)
+            from quanta.cli_report import make_report
+
+            sources = {"ref": model, "eval": None if eval_data is None else str(eval_data), "seqlen": None}
+            report_lines = make_report(output, reference, test, sources | {"max_tokens": None}, out)
 
     packed = sum(1 for m in loaded.modules() if isinstance(m, QuantModule))
     nbytes = quanta.model_nbytes(loaded)
@@ -430,6 +500,7 @@ def quantize(
         else {"file": eval_data, "images": len(test[1]), "float_accuracy": float_acc, "accuracy": quant_acc},
         "layers": [vars(e) for e in per_layer],
         "reloaded_bit_identical": True,
+        "report": None if no_report else output / "report.html",
         "seconds": time.perf_counter() - start,
     }
     out.json(result)
@@ -453,6 +524,8 @@ def quantize(
             table.add_row(e.name, e.kind, f"{e.output_sqnr_db:.1f}", f"{e.output_mse:.3g}", w)
         out.print(table)
     out.print(f"wrote {output} (model.safetensors, quanta.json); reloaded it: outputs bit-identical")
+    for line in report_lines:
+        out.print(line)
     out.note(f"inspect it with: quanta inspect {output}   ({time.perf_counter() - start:.1f} s)")
 
 
@@ -587,7 +660,7 @@ def _points(base: Any, rows: list[Any]) -> list[tuple[str, int, float]]:
     return [(r.recipe, r.nbytes, r.accuracy) for r in (base, *rows) if not r.skipped]
 
 
-from quanta import cli_audio, cli_export, cli_image, cli_lm, cli_sensitivity  # noqa: E402, F401  (register their commands)
+from quanta import cli_audio, cli_export, cli_image, cli_lm, cli_report, cli_sensitivity, cli_sweep  # noqa: E402, F401  (register their commands)
 
 if __name__ == "__main__":  # after the imports above, so `python -m quanta.cli` sees every command
     app()

@@ -59,8 +59,11 @@ def quantize_hf(
     *,
     offload: bool = False,
     resume: bool = False,
+    eval_text: Path | None = None,
+    report: bool = True,
 ) -> None:
-    """``quanta quantize`` for a transformers model directory (the CLI's ``quantize`` dispatches here)."""
+    """``quanta quantize`` for a transformers model directory (the CLI's ``quantize`` dispatches here); with
+    ``report``, report.json/report.html (perplexity and KL on ``eval_text`` when given) are written beside it."""
     import torch
 
     import quanta
@@ -77,6 +80,8 @@ def quantize_hf(
         if output.exists() and not overwrite:
             raise QuantaError(f"{output} already exists; pass --overwrite to replace it, or choose another -o.")
         resolved = resolve_recipe(recipe)
+        if eval_text is not None and eval_text.suffix.lower() == ".npz":
+            raise QuantaError(f"{eval_text}: a language model is evaluated on a text file (--eval FILE.txt), not .npz.")
         if calib is not None and calib.suffix.lower() == ".npz":
             raise QuantaError(f"{calib}: a language model calibrates on a text file (--calib FILE.txt), not .npz.")
         needs_data = any(r.activation is not None and not r.dynamic for r in resolved.rules) or any(
@@ -139,6 +144,13 @@ def quantize_hf(
             if not torch.equal(loaded(probe).logits, model(probe).logits):
                 raise QuantaError(f"{output} does not reproduce the quantized model's logits; please report this.")
         per_layer = [] if reference is None else layer_errors(reference, loaded, [probe])
+        report_lines: list[str] = []
+        if report:  # report.json + report.html beside the model (quanta.cli_report)
+            from quanta.cli_report import make_report
+
+            eval_ids = None if eval_text is None else tokenize_file(eval_text, tokenizer)
+            sources = {"ref": None if reference is None else str(source), "eval": eval_text, "seqlen": None}
+            report_lines = make_report(output, reference, eval_ids, {**sources, "max_tokens": None}, out)
     packed = sum(1 for m in loaded.modules() if isinstance(m, QuantModule))
     nbytes = quanta.model_nbytes(loaded)
     result: dict[str, Any] = {
@@ -155,6 +167,7 @@ def quantize_hf(
         "offload": offload,
         "peak_rss_bytes": peak_rss_bytes(),
         "reloaded_bit_identical": True,
+        "report": output / "report.html" if report else None,
         "seconds": time.perf_counter() - start,
     }
     out.json(result)
@@ -173,6 +186,8 @@ def quantize_hf(
     elif offload:
         out.note("no per-layer errors under --offload (they need the whole float model in memory)")
     out.print(f"wrote {output} (model.safetensors, quanta.json, config.json, tokenizer); reloaded it: same logits")
+    for line in report_lines:
+        out.print(line)
     out.note(f"evaluate it with: quanta eval {output} --ppl FILE.txt --ref {source}")
 
 

@@ -93,6 +93,10 @@ def load_hf(directory: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
 
     if (path / CONFIG_FILE).is_file():
         return load(path), tokenizer
+    from quanta.export.hf_model import METHODS, load_hf_quantized, quant_method
+
+    if quant_method(path) in METHODS:  # compressed-tensors / GPTQ / AWQ weights: read into packed quanta modules
+        return load_hf_quantized(path), tokenizer
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
     try:
