@@ -152,6 +152,8 @@ class Recipe:
             raise CorruptDataError(f"recipe is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise CorruptDataError("recipe JSON must be an object with 'recipe_version' and 'rules'.")
+        if "recipe_version" not in data and isinstance(data.get("recipe"), dict):
+            data = data["recipe"]  # a quanta.json (quanta.save): the recipe that made that model
         return cls.from_dict(data)
 
 
@@ -191,6 +193,7 @@ SPECIAL_PRESETS: dict[str, tuple[str, str]] = {
     "vq2x16": ("vq2x16:tensor:sf16", "2-value vectors, 16-entry k-means codebook per layer: 2 bits a weight"),
     "vq2x64": ("vq2x64:tensor:sf16", "2-value vectors, 64-entry k-means codebook per layer: 3 bits a weight"),
     "vq4x16r2": ("vq4x16r2:tensor:sf16", "4-value vectors, two residual 16-entry codebooks: 2 bits a weight"),
+    "q4_k": ("q4_k:g256:sf16", "llama.cpp Q4_K weights (4.5 bits a weight; exported to GGUF Q4_K losslessly)"),
 }
 
 
@@ -240,7 +243,7 @@ def preset(name: str) -> Recipe:
 
 
 def resolve_recipe(recipe: Recipe | str | os.PathLike[str]) -> Recipe:
-    """A Recipe as given, a preset name, or a path to a recipe JSON file."""
+    """A Recipe as given, a preset name, or a path to a recipe JSON file (or to a quanta.json, for its recipe)."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, os.PathLike) or (isinstance(recipe, str) and recipe.endswith(".json")):

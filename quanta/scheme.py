@@ -4,7 +4,7 @@ Grammar (tokens joined by ``:``; the format comes first, the rest may come in an
 
     scheme      := format [":" granularity] {":" option}
     format      := int1..int16 | uint1..uint16 | qM.N | binary | ternary | pot2..pot8 | nf4
-                 | fp8_e4m3 | fp8_e5m2 | fp6_e3m2 | fp6_e2m3 | fp4_e2m1 | lloyd1..lloyd8
+                 | fp8_e4m3 | fp8_e5m2 | fp6_e3m2 | fp6_e2m3 | fp4_e2m1 | lloyd1..lloyd8 | q4_k (g256 only)
     granularity := "tensor" (default) | "ch" (per output channel) | "gN" (groups of N along the reduction dim)
     option      := "sym" (default) | "asym" (integer zero point) | "fmin" (float minimum offset)
                  | "full" (default) | "narrow"  (drop the most negative code: [-127, 127])

@@ -52,6 +52,7 @@ ALL_SCHEMES = (
     "lloyd4:ch:sf16",
     "vq2x16",
     "vq4x256:tensor:sf16",
+    "q4_k:g256:sf16",
 )
 
 

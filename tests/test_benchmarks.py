@@ -59,3 +59,11 @@ def test_bench_sensitivity_quick_run(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for text in ("ResNet-20", "layer1.0.conv1", "hessian_diag", "all pairs", "Command:"):
         assert text in out
+
+
+def test_bench_kquant_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_kquant")
+    bench.main(["--quick"])  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    for text in ("q4_k:g256:sf16", "int4:g32:fmin:sf16 (Q4_1)", "vs Q4_1 dB", "Command:"):
+        assert text in out

@@ -226,7 +226,7 @@ def export_gguf(model: nn.Module, path: Path, example_inputs: Any = None, **opti
         warnings.warn(
             f"GGUF has no lossless form for {len(requantized)} tensor(s), requantized from their dequantized "
             f"weights: {', '.join(requantized)}. Schemes that transcode losslessly: int8:g32:sf16 (Q8_0), "
-            "int4:g32:sf16 (Q4_0), int4:g32:fmin:sf16 (Q4_1).",
+            "int4:g32:sf16 (Q4_0), int4:g32:fmin:sf16 (Q4_1), q4_k:g256:sf16 (Q4_K).",
             stacklevel=3,  # the caller of quanta.export
         )
     kinds = Counter(kind for _, data, kind in tensors if data.ndim == 2)

@@ -9,13 +9,15 @@ Q4_0   ``int4``/``uint4`` symmetric with fp16-exact scales; also asymmetric bloc
        middle code (8 or 7, which Q4_0 stores with a negative ``d``)
 Q4_1   ``int4``/``uint4`` with a float minimum (``fmin``) whose scale and offset are exact in fp16; or
        asymmetric with an integer zero point ``z`` when the offset ``-z * scale`` is exact in fp16
-Q4_K   ``int4``/``uint4`` ``fmin`` (or ``asym``) groups of 32 whose 8 scales and 8 minima in each 256-value
-       super-block are integer multiples (0..63) of one fp16 ``d`` and one fp16 ``dmin``
+Q4_K   ``q4_k:g256`` (:mod:`quanta.formats.kquant`, Q4_K's own double quantization) with ``d`` and ``dmin``
+       exact in fp16 (``q4_k:g256:sf16``) on rows that are a multiple of 256; also ``int4``/``uint4`` ``fmin``
+       (or ``asym``) groups of 32 whose 8 scales and 8 minima in each 256-value super-block are integer
+       multiples (0..63) of one fp16 ``d`` and one fp16 ``dmin`` (what :func:`requantize` makes)
 =====  =====================================================================================================
 
-quanta has no double-quantized scheme, so the Q4_K case arises from a Q4_K file read by
-:mod:`quanta.export.gguf_import` or from :func:`requantize` here. The codes (and scales) are then carried over
-as they are: ggml's dequantization gives bit for bit the values of ``QTensor.dequantize()``. A block whose codes
+Q4_K files read by :mod:`quanta.export.gguf_import` become ``q4_k:g256:sf16`` QTensors, so import -> re-export
+gives the same bytes. The codes (and scales) are carried over as they are: ggml's dequantization gives bit for
+bit the values of ``QTensor.dequantize()``. A block whose codes
 all sit at the zero point is written with ``d = 0``, as ggml's own quantizers write all-zero blocks; its values
 are zero either way. Anything else is requantized from the dequantized weight by :func:`requantize`.
 """
@@ -27,6 +29,7 @@ import torch
 
 from quanta.errors import CorruptDataError, UnsupportedError
 from quanta.export.ggml_blocks import BLOCKS, pack, unpack
+from quanta.formats.kquant import SUPER, sub_codes_of, sub_codes_param
 from quanta.primitives.affine import int_range
 from quanta.primitives.packing import pack as pack_codes
 from quanta.scheme import QScheme
@@ -105,6 +108,8 @@ def lossless_type(qt: QTensor) -> tuple[str | None, str]:
 def _plan(qt: QTensor) -> tuple[str | None, str, dict[str, np.ndarray] | None]:
     """``(type, reason, Q4_K fields)``: the work of :func:`lossless_type`, keeping Q4_K's factorization."""
     s = qt.scheme
+    if s.format == "q4_k":
+        return _kquant_plan(qt)
     if not s.is_integer or s.bits not in (4, 8):
         return None, f"{s} is not a 4- or 8-bit integer scheme", None
     if s.bits == 8:
@@ -130,6 +135,25 @@ def _plan(qt: QTensor) -> tuple[str | None, str, dict[str, np.ndarray] | None]:
         f"{s} has scales or offsets that neither fp16 (Q4_0/Q4_1) nor Q4_K's 6-bit sub-scales hold exactly",
         None,
     )
+
+
+def _kquant_plan(qt: QTensor) -> tuple[str | None, str, dict[str, np.ndarray] | None]:
+    """A ``q4_k`` QTensor's Q4_K fields: its own ``d``, ``dmin``, 6-bit codes and 4-bit codes, unchanged."""
+    s = qt.scheme
+    if len(qt.shape) != 2 or qt.axis not in (None, 1, -1) or qt.shape[1] % SUPER:
+        return None, f"{s} on shape {tuple(qt.shape)} does not have rows that are a multiple of {SUPER}", None
+    d, dmin = qt.params["d"].reshape(-1), qt.params["dmin"].reshape(-1)
+    if not (_fp16_exact(d) and _fp16_exact(dmin)):
+        return None, f"{s} has super-block scales fp16 cannot hold (use q4_k:g256:sf16)", None
+    sc, mn = sub_codes_of(qt.params["sub_codes"].reshape(-1, 12))
+    fields = {
+        "d": d.to(torch.float16).numpy(),
+        "dmin": dmin.to(torch.float16).numpy(),
+        "sc": sc.numpy(),
+        "mn": mn.numpy(),
+        "q": qt.unpacked_codes().reshape(-1, SUPER).numpy(),
+    }
+    return "Q4_K", "", fields
 
 
 def _offset(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -202,6 +226,8 @@ def encode(qt: QTensor, kind: str) -> np.ndarray:
 
 
 def _fits_q4_1(qt: QTensor) -> bool:
+    if qt.scheme.format == "q4_k":  # its sub-block steps d * sc are generally not exact in fp16
+        return False
     m = _matrix(qt, 32)
     return m is not None and _fp16_exact(m[1]["scale"]) and _fp16_exact(_offset(m[1]))
 
@@ -263,12 +289,13 @@ def to_qtensor(kind: str, data: np.ndarray, rows: int, cols: int) -> QTensor:
     """A QTensor holding ggml ``kind`` blocks ``data`` of a ``(rows, cols)`` matrix, codes preserved.
 
     Q8_0 -> ``int8:g32:sf16``; Q4_0 -> ``uint4:g32:asym:sf16`` (zero point 8, or 7 where ``d < 0``, with the
-    codes mirrored); Q4_1 -> ``uint4:g32:fmin:sf16``; Q4_K -> ``uint4:g32:fmin`` with fp32 ``d * sc`` and
-    ``-dmin * mn``. A block with ``d = 0`` holds the same values with scale 1 and every code at its zero point.
+    codes mirrored); Q4_1 -> ``uint4:g32:fmin:sf16``; Q4_K -> ``q4_k:g256:sf16``, every field as it is (so its
+    bytes come back unchanged). A Q8_0/Q4_0/Q4_1 block with ``d = 0`` holds the same values with scale 1 and
+    every code at its zero point.
 
     Raises:
         CorruptDataError: the byte count does not fit the shape, or a block holds NaN, Inf or a sign that no
-            ggml quantizer writes (a negative ``d`` in Q8_0 with code -128, Q4_1 or Q4_K).
+            ggml quantizer writes (a negative ``d`` in Q8_0 with code -128, or in Q4_1).
     """
     block = BLOCKS[kind]
     if cols % block.values or data.size != rows * cols // block.values * block.nbytes:
@@ -279,18 +306,14 @@ def to_qtensor(kind: str, data: np.ndarray, rows: int, cols: int) -> QTensor:
         raise CorruptDataError(f"{kind} blocks hold NaN or Inf scales; the file is damaged.")
     q = f["q"].to(torch.int32)
     d = f["d"].float()
-    if kind == "Q4_K":
-        if bool((d < 0).any()) or bool((f["dmin"].float() < 0).any()):
-            raise CorruptDataError("Q4_K blocks with a negative d or dmin: no ggml quantizer writes them.")
-        scale = d[:, None] * f["sc"].float()  # (n, 8): exactly ggml's d * sc in fp32
-        q = q.reshape(-1, 8, 32)
-        q = torch.where(scale[..., None] > 0, q, 0)
-        scale = torch.where(scale > 0, scale, 1.0)
-        return _k_qtensor(
-            q.reshape(rows, cols),
-            scale.reshape(rows, -1),
-            -(f["dmin"].float()[:, None] * f["mn"].float()).reshape(rows, -1),
-        )
+    if kind == "Q4_K":  # q4_k holds every Q4_K field (any sign of d, dmin): nothing is changed
+        n = cols // SUPER
+        params = {
+            "d": f["d"].reshape(rows, n),
+            "dmin": f["dmin"].reshape(rows, n),
+            "sub_codes": sub_codes_param(f["sc"].to(torch.int32), f["mn"].to(torch.int32)).reshape(rows, n, 12),
+        }
+        return QTensor(pack_codes(q.reshape(-1), 4), params, QScheme.parse("q4_k:g256:sf16"), torch.Size((rows, cols)))
     idle = d == 0
     if kind == "Q8_0":
         flip = d < 0
