@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -132,6 +133,15 @@ def write_hf_files(model: nn.Module, directory: Path, tokenizer: Any | None = No
     """
     hf_config: Any = getattr(model, "config")  # noqa: B009  # a PretrainedConfig
     hf_config.to_json_file(str(directory / HF_CONFIG_FILE))
+    # Marked quanta-only: transformers refuses the unknown quant_method instead of loading packed codes as floats.
+    # `quanta export DIR --format hf` writes the compressed-tensors layout transformers can load.
+    config = json.loads((directory / HF_CONFIG_FILE).read_text())
+    config["quantization_config"] = {
+        "quant_method": "quanta",
+        "format": "quanta-only: model.safetensors + quanta.json; load with quanta.load(dir)",
+        "transformers_loadable_export": "quanta export DIR --format hf -o OUT (int1..8 weight-only schemes)",
+    }
+    (directory / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     else:
