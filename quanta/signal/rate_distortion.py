@@ -296,7 +296,7 @@ def plot_rate_distortion(
             )
             for p in points:
                 ax.annotate(
-                    f"d={p.dim}",
+                    f"d={p.dim}" + (f" r{p.stages}" if getattr(p, "stages", 1) > 1 else ""),
                     (p.rate, 10 * math.log10(p.distortion)),
                     fontsize=7,
                     xytext=(3, 3),

@@ -8,6 +8,8 @@ k-means (:func:`quanta.vq.kmeans.kmeans`) on seeded samples of the source and it
 
 The dimension is the largest with ``R d <= max_bits`` (codebooks of at most ``2^max_bits`` entries; 2^10 by
 default, 2^16 allowed); at rates where that leaves ``d = 1`` the codebook is a sampled Lloyd-Max quantizer.
+Beyond one codebook, ``stages > 1`` codes a vector with a residual quantizer (:class:`quanta.vq.ResidualQuantizer`,
+``stages`` codebooks of ``R d / stages`` bits, beam-searched), which reaches higher dimensions at high rates.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class VQPoint:
     entries: int
     distortion: float
     stderr: float
+    stages: int = 1
 
 
 def vq_dimension(rate: float, max_bits: int = 10) -> int:
@@ -73,6 +76,7 @@ def vq_distortion(
     train_per_entry: int = 64,
     test_vectors: int = 100_000,
     n_iter: int = 50,
+    stages: int = 1,
     seed: int = 0,
 ) -> VQPoint:
     """Train a ``2^(rate * dim)``-entry k-means codebook on samples of ``source`` and measure it on fresh ones.
@@ -85,6 +89,9 @@ def vq_distortion(
         train_per_entry: training vectors per codebook entry (at least 100,000 in all).
         test_vectors: held-out vectors the distortion is measured on.
         n_iter: Lloyd updates of the k-means.
+        stages: residual codebooks; above 1 a vector's ``rate * dim`` bits are split over ``stages`` codebooks of
+            ``2^(rate * dim / stages)`` entries each (at most 2^16), trained and beam-encoded by
+            :class:`quanta.vq.ResidualQuantizer`.
         seed: seed of the samples and of k-means.
 
     Returns:
@@ -104,13 +111,24 @@ def vq_distortion(
     check_bits(math.ceil(rate))
     d = vq_dimension(rate, max_bits) if dim is None else int(dim)
     bits = rate * d
-    if d < 1 or abs(bits - round(bits)) > 1e-9 or not 1 <= round(bits) <= MAX_ENTRY_BITS:
+    per_stage = bits / stages if stages >= 1 else 0.0
+    if d < 1 or abs(per_stage - round(per_stage)) > 1e-9 or not 1 <= round(per_stage) <= MAX_ENTRY_BITS:
         raise SchemeError(
-            f"rate {rate} x dimension {d} = {bits:g} bits a vector; it must be a whole number in 1..{MAX_ENTRY_BITS} "
-            "(e.g. rate 1 with dim 8, rate 3 with dim 4)."
+            f"rate {rate} x dimension {d} = {bits:g} bits a vector over {stages} stage(s); each stage must get a "
+            f"whole number of bits in 1..{MAX_ENTRY_BITS} (e.g. rate 1 with dim 8, rate 8 with dim 4 and stages 2)."
         )
-    k = 1 << round(bits)
+    k = 1 << round(per_stage)
     generator = torch.Generator().manual_seed(seed)
+    if stages > 1:
+        from quanta.vq import ResidualQuantizer
+
+        train = _samples(source, max(train_per_entry * k, 100_000), d, generator)
+        test = _samples(source, test_vectors, d, generator)
+        # Plain k-means per stage: progressive dimensions only pay on long vectors (these are 2-8 values).
+        rq = ResidualQuantizer(stages, round(per_stage), progressive_steps=None, refine_iter=1, seed=seed).fit(train)
+        err = (torch.as_tensor(rq.decode(rq.encode(test))) - test).square().sum(1).double() / d
+        sem = float(err.std() / math.sqrt(err.numel()))
+        return VQPoint(source, float(rate), d, k, float(err.mean()), sem, stages)
     # At least 100,000 training vectors: a scalar codebook of 256 levels needs many samples to place its tails.
     train = _samples(source, max(train_per_entry * k, 100_000), d, generator)
     test = _samples(source, test_vectors, d, generator)

@@ -41,3 +41,13 @@ def test_equal_seeds_give_equal_estimates() -> None:
 def test_bad_rates_say_what_works(rate: float, dim: int, words: str) -> None:
     with pytest.raises(SchemeError, match=words):
         vq_distortion("gaussian", rate, dim)
+
+
+def test_residual_codebooks_reach_past_one_codebook_but_cost_against_a_full_one() -> None:
+    # Two 16-entry residual stages on pairs code 8 bits a pair, as one 256-entry codebook does; the residual one is
+    # a constrained codebook (sums of entries), so it cannot do better, and it beats one 16-entry stage (4 bits).
+    full = vq_distortion("gaussian", 4, 2, test_vectors=20_000)
+    residual = vq_distortion("gaussian", 4, 2, stages=2, test_vectors=20_000)
+    single = vq_distortion("gaussian", 2, 2, test_vectors=20_000)
+    assert residual.stages == 2 and residual.entries == 16
+    assert full.distortion - 4 * full.stderr < residual.distortion < single.distortion
