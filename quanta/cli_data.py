@@ -13,7 +13,16 @@ import torch
 
 from quanta.errors import QuantaError
 
-__all__ = ["ZOO_INPUTS", "images_from", "labels_from", "parse_model", "read_npz"]
+__all__ = [
+    "ZOO_INPUTS",
+    "calibration_batches",
+    "image_model",
+    "images_from",
+    "labelled_images",
+    "labels_from",
+    "parse_model",
+    "read_npz",
+]
 
 # Input each zoo model expects: one image, (channels, height, width), normalized as quanta.zoo.data does.
 ZOO_INPUTS = {"lenet5": (1, 32, 32), **{f"resnet{d}": (3, 32, 32) for d in (20, 32, 44, 56)}}
@@ -88,3 +97,35 @@ def labels_from(y: Any, path: Path, n: int) -> torch.Tensor:
             f"got dtype {y.dtype} and shape {tuple(y.shape)}."
         )
     return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+
+def image_model(spec: str) -> tuple[torch.nn.Module, str]:
+    """``(model, zoo name)`` for ``zoo:NAME=PATH`` (float, pretrained weights) or a quanta directory of a zoo model.
+
+    Raises:
+        QuantaError: a directory that names no zoo model, or a malformed spec.
+    """
+    import quanta
+    from quanta.zoo import load_pretrained
+
+    if Path(spec).is_dir():
+        net = quanta.load(spec)
+        name = getattr(net, "quanta_zoo", None)
+        if not name:
+            raise QuantaError(f"{spec} holds no config.json and names no zoo model; pass zoo:NAME=PATH instead.")
+        return net, str(name)
+    name, weights = parse_model(spec)
+    return load_pretrained(name, weights), name
+
+
+def calibration_batches(path: Path, name: str, batch_size: int, max_batches: int) -> list[torch.Tensor]:
+    """The ``x`` images of the .npz ``path`` for zoo model ``name``, in at most ``max_batches`` batches."""
+    x = images_from(read_npz(path, ("x",))["x"], path, name)
+    return list(x.split(batch_size)[:max_batches])
+
+
+def labelled_images(path: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(x, y)`` arrays of the .npz ``path`` as images for zoo model ``name`` and their labels."""
+    arrays = read_npz(path, ("x", "y"))
+    x = images_from(arrays["x"], path, name)
+    return x, labels_from(arrays["y"], path, len(x))

@@ -52,28 +52,13 @@ def _language_model(model: Path, calib: Path, ppl: Path | None, accuracy: Path |
 
 def _image_model(model: str, calib: Path, ppl: Path | None, accuracy: Path | None, opts: dict[str, Any]) -> Any:
     """(model, calibration batches, eval data, None) for zoo:NAME=PATH or a quanta directory of a zoo model."""
-    import quanta
-    from quanta.cli_data import images_from, labels_from, parse_model, read_npz
-    from quanta.zoo import load_pretrained
+    from quanta.cli_data import calibration_batches, image_model, labelled_images
 
     if ppl is not None:
         raise QuantaError("--ppl is for language models; score an image classifier with --accuracy FILE.npz.")
-    if Path(model).is_dir():
-        net = quanta.load(model)
-        name = getattr(net, "quanta_zoo", None)
-        if not name:
-            raise QuantaError(f"{model} holds no config.json and names no zoo model; pass zoo:NAME=PATH instead.")
-    else:
-        name, weights = parse_model(model)
-        net = load_pretrained(name, weights)
-    x = images_from(read_npz(calib, ("x",))["x"], calib, name)
-    batches = list(x.split(opts["batch_size"])[: opts["max_batches"]])
-    test = None
-    if accuracy is not None:
-        arrays = read_npz(accuracy, ("x", "y"))
-        test_x = images_from(arrays["x"], accuracy, name)
-        test = (test_x, labels_from(arrays["y"], accuracy, len(test_x)))
-    return net, batches, test, None
+    net, name = image_model(model)
+    batches = calibration_batches(calib, name, opts["batch_size"], opts["max_batches"])
+    return net, batches, None if accuracy is None else labelled_images(accuracy, name), None
 
 
 @app.command("sensitivity")

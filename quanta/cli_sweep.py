@@ -81,30 +81,18 @@ def _language_model(
 
 def _image_model(spec: str, calib: Path | None, ppl: Path | None, eval_npz: Path | None, opts: dict[str, Any]) -> Any:
     """(model, calibration batches or None, evaluation, None) for zoo:NAME=PATH or a quanta zoo directory."""
-    import quanta
-    from quanta.cli_data import images_from, labels_from, parse_model, read_npz
+    from quanta.cli_data import calibration_batches, image_model, labelled_images
     from quanta.eval.sweep_eval import accuracy_evaluation
-    from quanta.zoo import load_pretrained
 
     if ppl is not None:
         raise QuantaError("--ppl is for language models; score an image classifier with --eval FILE.npz.")
     if eval_npz is None:
         raise QuantaError(f"the evaluation set is missing: pass --eval FILE.npz (arrays x and y) to score {spec} on.")
-    if Path(spec).is_dir():
-        net = quanta.load(spec)
-        name = getattr(net, "quanta_zoo", None)
-        if not name:
-            raise QuantaError(f"{spec} holds no config.json and names no zoo model; pass zoo:NAME=PATH instead.")
-    else:
-        name, weights = parse_model(spec)
-        net = load_pretrained(name, weights)
-    arrays = read_npz(eval_npz, ("x", "y"))
-    test_x = images_from(arrays["x"], eval_npz, name)
-    evaluation = accuracy_evaluation(net, test_x, labels_from(arrays["y"], eval_npz, len(test_x)), opts["batch_size"])
+    net, name = image_model(spec)
+    evaluation = accuracy_evaluation(net, *labelled_images(eval_npz, name), opts["batch_size"])
     batches = None
     if calib is not None:
-        x = images_from(read_npz(calib, ("x",))["x"], calib, name)
-        batches = list(x.split(opts["batch_size"])[: opts["max_batches"]])
+        batches = calibration_batches(calib, name, opts["batch_size"], opts["max_batches"])
     return net, batches, evaluation, None
 
 
