@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AxisError",
     "BitWidthError",
+    "BudgetError",
     "CorruptDataError",
     "GroupSizeError",
     "InvalidTensorError",
@@ -64,3 +65,7 @@ class CorruptDataError(QuantaError, ValueError):
 
 class NotFittedError(QuantaError, ValueError, AttributeError):
     """A quantizer or index was used before ``fit`` (scikit-learn's name, so code that catches that keeps working)."""
+
+
+class BudgetError(QuantaError, ValueError):
+    """A size budget (bytes or bits per weight) that no choice of the candidates can meet."""

@@ -178,6 +178,7 @@ def sensitivity(
                 value = measure(model)
                 proxies = layer_proxies(float_module, packed, stats.get(name))
                 nbytes = model_nbytes(packed)
+                qweights = packed.qweights.values()
             entries.append(
                 LayerSensitivity(
                     layer=name,
@@ -189,6 +190,8 @@ def sensitivity(
                     nbytes=nbytes,
                     float_nbytes=model_nbytes(float_module),
                     **proxies,
+                    weight_nbytes=sum(q.nbytes for q in qweights),
+                    weight_numel=sum(q.numel for q in qweights),
                 )
             )
     finally:

@@ -28,7 +28,8 @@ class LayerSensitivity:
 
     ``value``: the metric of that model; ``effect``: the damage against float (``value - float`` for losses and
     KL, ``float - value`` for accuracy), so larger is always worse. ``nbytes`` / ``float_nbytes``: the layer's
-    bytes quantized / in float. Proxies as in :mod:`quanta.eval.proxies` (``None`` where one does not apply).
+    bytes quantized / in float; ``weight_nbytes`` / ``weight_numel``: its packed weights' bytes and count.
+    Proxies as in :mod:`quanta.eval.proxies` (``None`` where one does not apply).
     """
 
     layer: str
@@ -43,6 +44,10 @@ class LayerSensitivity:
     hessian_trace: float | None
     hessian_diag: float | None
     outlier_ratio: float | None
+    # The packed weights alone (codes + scales + zeros + codebooks, no bias) and their count: bits per weight.
+    # None in results written before they were recorded.
+    weight_nbytes: int | None = None
+    weight_numel: int | None = None
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -156,7 +161,7 @@ class Sensitivity:
             if not isinstance(version, int) or version > RESULT_VERSION:
                 raise CorruptDataError(f"sensitivity version {version!r} is not one this quanta reads.")
             names = {f.name for f in fields(LayerSensitivity)}
-            entries = tuple(LayerSensitivity(**{k: e[k] for k in names}) for e in data["entries"])
+            entries = tuple(LayerSensitivity(**{k: e[k] for k in names if k in e}) for e in data["entries"])
             return cls(
                 metric=str(data["metric"]),
                 higher_is_better=bool(data["higher_is_better"]),
