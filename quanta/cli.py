@@ -401,7 +401,7 @@ def quantize(
                 target_bpw,
                 max_bytes,
                 candidates,
-                opts | {"overwrite": overwrite, "seed": seed},
+                opts | {"overwrite": overwrite, "seed": seed, "report": not no_report},
                 out,
             )
         return

@@ -11,6 +11,7 @@ model exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import time
@@ -127,6 +128,7 @@ def quantize_mixed(
     result = sensitivity(net, names, batches, "kl", window=window, progress=not out.quiet)
     allocation = allocate(result, budget_bytes=budget, target_bpw=target_bpw, candidates=names)
     recipe = allocation.recipe()
+    reference = copy.deepcopy(net) if opts.get("report", True) else None  # the float model, for the report card
     with out.status(f"quantizing with {recipe.name}..."):
         if is_lm:
             from quanta.lm import quantize_sequential
@@ -147,6 +149,12 @@ def quantize_mixed(
         same = torch.equal(loaded(probe).logits, net(probe).logits) if is_lm else torch.equal(loaded(probe), net(probe))
     if not same:
         raise QuantaError(f"{output} does not reproduce the quantized model's outputs; please report this.")
+    report_lines: list[str] = []
+    if reference is not None:  # report.json + report.html beside the model, as for a recipe
+        from quanta.cli_report import make_report
+
+        sources = {"ref": model, "eval": None, "seqlen": window, "max_tokens": None}
+        report_lines = make_report(output, reference, None, sources, out, window=window)
     data = {
         "model": model,
         "zoo": zoo_name,
@@ -158,10 +166,13 @@ def quantize_mixed(
         "recipe": recipe.to_dict(),
         "measured_effect": measured,
         "reloaded_bit_identical": True,
+        "report": None if reference is None else str(output / "report.html"),
         "seconds": time.perf_counter() - start,
     }
     out.json(data)
     _report(model, output, allocation, nbytes, float_nbytes, measured, out)
+    for line in report_lines:
+        out.print(line)
     out.note(f"{len(result.entries)} measurements and the quantization in {time.perf_counter() - start:.1f} s")
 
 

@@ -198,6 +198,8 @@ def test_cli_lenet_target_bpw_and_reproduce(lenet: tuple[torch.nn.Module, Sensit
     loaded = quanta.load(out)
     assert data["nbytes"] == quanta.model_nbytes(loaded) == data["allocation"]["nbytes"]
     assert _packed_bpw(loaded) == pytest.approx(data["allocation"]["bits_per_weight"]) and _packed_bpw(loaded) <= 3.5
+    report = json.loads((out / "report.json").read_text())  # the report card is written as for a recipe
+    assert data["report"] == str(out / "report.html") and report["bytes"]["quantized"] == data["nbytes"]
     again = runner.invoke(app, ["quantize", model, "-r", str(out / "quanta.json"), "-o", str(tmp_path / "b"), "-q"])
     assert again.exit_code == 0, again.output
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
