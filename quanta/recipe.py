@@ -9,7 +9,8 @@ Presets follow one grammar, parsed rather than listed::
 only; otherwise static per-tensor, or dynamic per-token with ``-dyn``), ``method`` the PTQ algorithm (``rtn``
 by default). Vector-codebook weights follow ``vq{d}x{k}[r2][s][-{method}]`` (``vq4x256``: 4-value vectors, a
 256-entry per-layer codebook with fp16 entries, 2 bits a weight plus the codebook; ``s``: one codebook shared by
-every quantized layer; ``-iw`` fits it input-weighted on calibration data, ``-gptvq`` adds GPTQ's error feedback).
+every quantized layer; ``-rowsN``: one codebook per N output rows; ``-iw`` fits it input-weighted on calibration
+data, ``-gptvq`` adds GPTQ's error feedback).
 Named specials: ``nf4-g64``, ``fp8``, ``ternary``, ``binary``, ``bnn``, ``q4.4``. Every preset
 keeps embeddings and a module named ``lm_head`` in float; ``ternary``, ``binary`` and ``bnn`` also keep the first
 and last quantizable layers in float, as the binary/ternary network literature does.
@@ -34,8 +35,8 @@ __all__ = ["PRESET_GRAMMAR", "SPECIAL_PRESETS", "VQ_PRESET_GRAMMAR", "Recipe", "
 
 RECIPE_VERSION = 1
 PRESET_GRAMMAR = "w{W}a{A}[-dyn][-g{N}][-{method}][+kv{8|4}]"
-VQ_PRESET_GRAMMAR = "vq{d}x{k}[r2][s][-{method}]"
-_VQ_PRESET = re.compile(r"(vq[0-9]x[0-9]{1,5}(?:r[0-9])?)(s?)(?:-([a-z][a-z0-9_]*))?")
+VQ_PRESET_GRAMMAR = "vq{d}x{k}[r2][s][-rows{N}][-{method}]"
+_VQ_PRESET = re.compile(r"(vq[0-9]x[0-9]{1,5}(?:r[0-9])?)(s?)(?:-rows([0-9]{1,6}))?(?:-([a-z][a-z0-9_]*))?")
 _PRESET = re.compile(r"w([0-9]{1,2})a([0-9]{1,2})(-dyn)?(?:-g([0-9]{1,5}))?(?:-([a-z][a-z0-9_]*))?(?:\+kv(8|4))?")
 
 
@@ -219,8 +220,9 @@ def preset(name: str) -> Recipe:
     if vq:
         # Weights only, one codebook per layer (per-tensor granularity) with fp16 entries; with "s" one codebook
         # for all the layers of the rule (fitted jointly by quantize).
-        scheme = QScheme(vq.group(1), scale_dtype="fp16", shared=bool(vq.group(2)))
-        return Recipe(rules=(*keepers, Rule(weight=scheme, method=vq.group(3) or "rtn")), name=text)
+        rows = {} if vq.group(3) is None else {"granularity": "rows", "group_size": int(vq.group(3))}
+        scheme = QScheme(vq.group(1), scale_dtype="fp16", shared=bool(vq.group(2)), **rows)  # type: ignore[arg-type]
+        return Recipe(rules=(*keepers, Rule(weight=scheme, method=vq.group(4) or "rtn")), name=text)
     match = _PRESET.fullmatch(text)
     if not match:
         raise SchemeError(

@@ -6,6 +6,7 @@ Grammar (tokens joined by ``:``; the format comes first, the rest may come in an
     format      := int1..int16 | uint1..uint16 | qM.N | binary | ternary | pot2..pot8 | nf4
                  | fp8_e4m3 | fp8_e5m2 | fp6_e3m2 | fp6_e2m3 | fp4_e2m1 | lloyd1..lloyd8 | q4_k (g256 only)
     granularity := "tensor" (default) | "ch" (per output channel) | "gN" (groups of N along the reduction dim)
+                 | "rowsN" (codebook formats: one codebook per N consecutive output rows)
     option      := "sym" (default) | "asym" (integer zero point) | "fmin" (float minimum offset)
                  | "full" (default) | "narrow"  (drop the most negative code: [-127, 127])
                  | "sf32" (default) | "sf16" | "sbf16"  (dtype of scales, offsets and codebooks)
@@ -32,7 +33,7 @@ from quanta.primitives.checks import check_group_size
 
 __all__ = ["QScheme"]
 
-Granularity = Literal["tensor", "channel", "group"]
+Granularity = Literal["tensor", "channel", "group", "rows"]
 Mode = Literal["sym", "asym", "fmin"]
 ScaleDtype = Literal["fp32", "fp16", "bf16"]
 Rounding = Literal["rne", "sr"]
@@ -40,10 +41,11 @@ Rounding = Literal["rne", "sr"]
 _SCALE_TOKENS = {"sf32": "fp32", "sf16": "fp16", "sbf16": "bf16"}
 _OBSERVER = re.compile(r"obs=([a-z][a-z0-9_.]*)")
 _GROUP = re.compile(r"g(-?[0-9]{1,9})")
+_ROWS = re.compile(r"rows(-?[0-9]{1,9})")
 
 GRAMMAR_HELP = (
     "A scheme is FORMAT[:GRANULARITY][:OPTION...], e.g. int8, uint8:tensor:asym, int4:g128:asym, int8:ch:sf16, "
-    "nf4:g64, fp8_e4m3, q4.4, lloyd3:g64. GRANULARITY is tensor | ch | gN (N > 0). OPTIONs: sym | asym | fmin, "
+    "nf4:g64, fp8_e4m3, q4.4, lloyd3:g64. GRANULARITY is tensor | ch | gN | rowsN (N > 0; rowsN for codebooks). OPTIONs: sym | asym | fmin, "
     "full | narrow, sf32 | sf16 | sbf16, rne | sr, obs=NAME, shared. Run `quanta formats` to list the formats."
 )
 
@@ -88,15 +90,25 @@ class QScheme:
             raise SchemeError(f"format must be a string such as 'int4', got {self.format!r}.")
         fmt = get_format(self.format.strip().lower())  # raises UnknownFormatError / BitWidthError
         object.__setattr__(self, "format", fmt.name)  # canonical spelling: "INT04" -> "int4"
-        if self.granularity not in ("tensor", "channel", "group"):
-            raise SchemeError(f"granularity {self.granularity!r} is invalid; use 'tensor', 'channel' or 'group'.")
-        if self.granularity == "group":
+        if self.granularity not in ("tensor", "channel", "group", "rows"):
+            raise SchemeError(
+                f"granularity {self.granularity!r} is invalid; use 'tensor', 'channel', 'group' or 'rows'."
+            )
+        if self.granularity in ("group", "rows"):
             if self.group_size is None:
-                raise SchemeError("granularity 'group' needs a group_size, e.g. QScheme('int4', 'group', 128).")
+                raise SchemeError(
+                    f"granularity {self.granularity!r} needs a group_size, e.g. QScheme('int4', 'group', 128) or "
+                    "QScheme('vq4x256', 'rows', 64)."
+                )
             object.__setattr__(self, "group_size", check_group_size(self.group_size))  # numpy ints -> int
         elif self.group_size is not None:
             raise SchemeError(
-                f"group_size={self.group_size} only goes with granularity 'group', not {self.granularity!r}."
+                f"group_size={self.group_size} only goes with granularity 'group' or 'rows', not {self.granularity!r}."
+            )
+        if self.granularity == "rows" and not fmt.shareable:
+            raise UnsupportedError(
+                f"{self.format} fits no codebook, so it has no rows granularity (one codebook per group of output "
+                "rows); use it with a codebook format, e.g. vq4x256:rows64, or use gN / ch."
             )
         if not fmt.grouped and self.granularity != "tensor":
             raise UnsupportedError(
@@ -178,6 +190,8 @@ class QScheme:
                 put("granularity", token, granularity="channel")
             elif group:
                 put("granularity", token, granularity="group", group_size=check_group_size(int(group.group(1))))
+            elif rows := _ROWS.fullmatch(token):
+                put("granularity", token, granularity="rows", group_size=check_group_size(int(rows.group(1))))
             elif token in ("sym", "asym", "fmin"):
                 put("mode", token, mode=token)
             elif token in ("narrow", "full"):
@@ -195,7 +209,8 @@ class QScheme:
         return cls(**fields)  # type: ignore[arg-type]
 
     def _granularity_token(self) -> str:
-        return {"tensor": "tensor", "channel": "ch", "group": f"g{self.group_size}"}[self.granularity]
+        tokens = {"tensor": "tensor", "channel": "ch", "group": f"g{self.group_size}", "rows": f"rows{self.group_size}"}
+        return tokens[self.granularity]
 
     def __str__(self) -> str:
         options: list[str] = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from quanta.errors import CorruptDataError, QuantaError
+from quanta.errors import CorruptDataError, QuantaError, UnsupportedError
 from quanta.primitives.checks import cast_back
 from quanta.primitives.groups import Grouping, from_2d, to_2d
 from quanta.primitives.packing import packed_nbytes, unpack
@@ -28,23 +28,39 @@ CODES_KEY = "codes"
 
 
 def view_2d(x: torch.Tensor, scheme: QScheme, axis: int | None) -> torch.Tensor:
-    """The (rows, cols) view of ``x`` that ``scheme`` groups: one row for per-tensor, else :func:`to_2d`."""
+    """The (rows, cols) view of ``x`` that ``scheme`` groups: one row for per-tensor, else :func:`to_2d`; with
+    ``rowsN`` each view row holds ``N`` consecutive output rows (one codebook each).
+
+    Raises:
+        UnsupportedError: ``rowsN`` on a tensor whose output rows are not a multiple of ``N``.
+    """
     if scheme.granularity == "tensor":
         return x.reshape(1, -1)
-    return to_2d(x, axis)
+    x2d = to_2d(x, axis)
+    if scheme.granularity == "rows":
+        size = int(scheme.group_size or 1)
+        if x2d.shape[0] % size:
+            raise UnsupportedError(
+                f"{scheme}: {x2d.shape[0]} output rows are not a multiple of {size}; pick rowsN with N dividing "
+                f"{x2d.shape[0]}, or a per-tensor codebook."
+            )
+        return x2d.reshape(x2d.shape[0] // size, -1)
+    return x2d
 
 
 def restore_2d(x2d: torch.Tensor, shape: torch.Size, scheme: QScheme, axis: int | None) -> torch.Tensor:
     """Invert :func:`view_2d` for a tensor of the original ``shape``."""
     if scheme.granularity == "tensor":
         return x2d.reshape(shape)
+    if scheme.granularity == "rows":
+        x2d = x2d.reshape(to_2d(torch.empty(shape, device="meta"), axis).shape)
     return from_2d(x2d, shape, axis)
 
 
 def grouping_for(shape: torch.Size | tuple[int, ...], scheme: QScheme, axis: int | None) -> Grouping:
     """The :class:`Grouping` a tensor of ``shape`` gets under ``scheme``."""
     rows, cols = view_2d(torch.empty(shape, device="meta"), scheme, axis).shape
-    size = {"tensor": cols, "channel": cols, "group": scheme.group_size}[scheme.granularity]
+    size = {"tensor": cols, "channel": cols, "group": scheme.group_size, "rows": cols}[scheme.granularity]
     return Grouping(rows, cols, int(size or cols))
 
 

@@ -54,15 +54,18 @@ def check_scheme(scheme: QScheme) -> str | None:
     """Why GPTVQ cannot quantize with ``scheme``, or ``None`` when it can."""
     if not isinstance(scheme.fmt, VectorFormat):
         return f"gptvq codes vectors with a codebook; {scheme} is not a vq{{d}}x{{k}} format (use gptq for it)"
-    if scheme.granularity != "tensor":
-        return f"gptvq fits one codebook per layer; {scheme} asks for {scheme.granularity} codebooks (drop it)"
+    if scheme.granularity not in ("tensor", "rows"):
+        return (
+            f"gptvq fits one codebook per layer or per group of rows; {scheme} asks for {scheme.granularity} "
+            "codebooks (use tensor or rowsN)"
+        )
     return None
 
 
 def _nearest(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
-    """Index ``(n,)`` of the nearest row of ``book`` (k, d) for each row of ``x`` (n, d)."""
-    d2 = (book * book).sum(1).unsqueeze(0) - 2.0 * x @ book.T  # |x|^2 does not change the argmin
-    return d2.argmin(dim=1)
+    """Index ``(G, R)`` of the nearest row of ``book`` (G, k, d) for each row of ``x`` (G, R, d), group by group."""
+    d2 = (book * book).sum(2).unsqueeze(1) - 2.0 * torch.bmm(x, book.transpose(1, 2))  # |x|^2 leaves argmin alone
+    return d2.argmin(dim=2)
 
 
 def _refit_books(
@@ -70,14 +73,16 @@ def _refit_books(
 ) -> list[torch.Tensor]:
     """Codebooks minimising ``tr((W - Q) H (W - Q)^T)`` for fixed ``labels`` (one ``(out, K / d)`` per stage).
 
-    ``Q`` is linear in the entries, so the loss is a convex quadratic: conjugate gradient from the current books,
-    in float64. Entries no vector uses keep their value (their gradient is zero).
+    ``books`` are ``(G, k, d)`` per stage (``G`` groups of rows, one for a per-layer codebook). ``Q`` is linear in
+    the entries, so the loss is a convex quadratic: conjugate gradient from the current books, in float64. Entries
+    no vector uses keep their value (their gradient is zero).
     """
     out, cols = w.shape
-    k, d = books[0].shape
+    groups, k, d = books[0].shape
     h = hessian.double()
-    theta = torch.cat([b.double() for b in books])  # (stages * k, d)
-    flat = [(lab + i * k).reshape(-1) for i, lab in enumerate(labels)]  # each vector's entry, per stage
+    theta = torch.cat([b.double().reshape(-1, d) for b in books])  # (stages * G * k, d)
+    row_offset = (torch.arange(out) // (out // groups) * k).unsqueeze(1)  # each row's codebook, (out, 1)
+    flat = [(lab + row_offset + i * groups * k).reshape(-1) for i, lab in enumerate(labels)]
 
     def grad(t: torch.Tensor) -> torch.Tensor:
         # dL/dQ = -2 (W - Q) H; an entry's gradient sums it over the vectors coded with that entry.
@@ -109,7 +114,8 @@ def _refit_books(
         p = r + (rs_new / rs) * p
         rs = rs_new
     new = (theta + x).detach().float()
-    return [new[i * k : (i + 1) * k] for i in range(len(books))]
+    size = groups * k
+    return [new[i * size : (i + 1) * size].reshape(groups, k, d) for i in range(len(books))]
 
 
 @torch.no_grad()
@@ -126,7 +132,8 @@ def gptvq_weight(
 
     Args:
         layer: a Linear or ungrouped Conv layer whose input width ``K`` is a multiple of ``d``.
-        scheme: a per-tensor vector codebook scheme (``vq2x64``, ``vq4x256:tensor:sf16``, ``vq4x16r2``).
+        scheme: a vector codebook scheme, per tensor or per group of rows (``vq2x64``, ``vq4x256:tensor:sf16``,
+            ``vq4x16r2``, ``vq4x256:rows64:sf16``).
         hessian: ``E[x x^T]`` (K, K) of the layer's input vectors (any positive multiple).
         block_size: columns per lazy error update (rounded down to a multiple of ``d``).
         damp: damping, as a fraction of the mean of ``diag(H)``.
@@ -166,7 +173,9 @@ def gptvq_weight(
     importance = hessian.detach().diagonal().float().clamp_min(0.0).expand(out, -1).reshape(weight.shape)
     start = quantize_tensor(weight.detach(), scheme, weight=importance)
     names = ["codebook"] if fmt.stages == 1 else ["codebook", "codebook2"]
-    books = [start.params[n].float().reshape(k, d) for n in names]
+    books = [start.params[n].float().reshape(-1, k, d) for n in names]  # (G, k, d): G groups of rows
+    groups = books[0].shape[0]
+    row_group = torch.arange(out) // (out // groups)  # (out,) each row's codebook
 
     w = w_float.clone()
     dead = hessian.detach().diagonal() == 0
@@ -184,9 +193,9 @@ def gptvq_weight(
             target = w1[:, i : i + d] @ a  # (out, d)
             q = torch.zeros(out, d)
             for stage, book in enumerate(books):  # greedy residual stages in the whitened space
-                lab = _nearest(target, book @ a)
+                lab = _nearest(target.reshape(groups, -1, d), book @ a).reshape(out)
                 labels[stage][:, j // d] = lab
-                q += book[lab]
+                q += book[row_group, lab]
                 target = (w1[:, i : i + d] - q) @ a
             e = target  # (w_b - q) A
             w1[:, i + d :] -= e @ u[j : j + d, j + d : end]
@@ -199,7 +208,7 @@ def gptvq_weight(
             books = _refit_books(w_float, hessian.detach(), labels, books)
         dtype = start.params["codebook"].dtype
         params = {
-            n: storage_param(b, dtype, "codebook entry").to(dtype).reshape(1, 1, k, d)
+            n: storage_param(b, dtype, "codebook entry").to(dtype).reshape(groups, 1, k, d)
             for n, b in zip(names, books, strict=True)
         }
     vector_codes = sum(lab << (i * fmt.entry_bits) for i, lab in enumerate(labels))
