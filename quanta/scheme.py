@@ -45,8 +45,9 @@ _ROWS = re.compile(r"rows(-?[0-9]{1,9})")
 
 GRAMMAR_HELP = (
     "A scheme is FORMAT[:GRANULARITY][:OPTION...], e.g. int8, uint8:tensor:asym, int4:g128:asym, int8:ch:sf16, "
-    "nf4:g64, fp8_e4m3, q4.4, lloyd3:g64. GRANULARITY is tensor | ch | gN | rowsN (N > 0; rowsN for codebooks). OPTIONs: sym | asym | fmin, "
-    "full | narrow, sf32 | sf16 | sbf16, rne | sr, obs=NAME, shared. Run `quanta formats` to list the formats."
+    "nf4:g64, fp8_e4m3, q4.4, lloyd3:g64. GRANULARITY is tensor | ch | gN | rowsN (N > 0; rowsN for codebooks). "
+    "OPTIONs: sym | asym | fmin, full | narrow, sf32 | sf16 | sbf16, rne | sr, obs=NAME, shared. "
+    "Run `quanta formats` to list the formats."
 )
 
 
