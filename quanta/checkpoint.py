@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from torch import nn
 from quanta._version import __version__
 from quanta.api import model_nbytes
 from quanta.errors import CorruptDataError, QuantaError
-from quanta.io import load_tensors, save_tensors
+from quanta.io import atomic_dir, load_tensors, save_tensors
 from quanta.lm.hf import hf_skeleton, is_hf_model, tie_parameters, write_hf_files
 from quanta.lm.kv_cache import KEY_SCALE_BUFFER
 from quanta.nn import int8_flow
@@ -102,24 +100,11 @@ def save(
             **dict(getattr(model, "quanta_provenance", None) or {}),  # calibration hash and steps, torch seed
         },
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as staging:
         if is_hf_model(model):
             config["hf"] = write_hf_files(model, staging, tokenizer)
         save_tensors(staging / WEIGHTS_FILE, tensors)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from quanta.errors import CorruptDataError, InvalidTensorError, QuantaError
 
-__all__ = ["SafetensorsReader", "atomic_path", "load_tensors", "save_tensors"]
+__all__ = ["SafetensorsReader", "atomic_dir", "atomic_path", "load_tensors", "save_tensors"]
 
 
 @contextmanager
@@ -40,6 +41,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging directory beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    An existing directory at ``path`` is moved aside, the staging one renamed into place, then the old one deleted,
+    so a reader sees the old directory or the complete new one, never a half-written model.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

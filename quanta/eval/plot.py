@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from quanta.errors import QuantaError
+from quanta.io import atomic_path
 
 __all__ = ["plot_accuracy_vs_bytes"]
 
@@ -70,13 +70,6 @@ def plot_accuracy_vs_bytes(panels: Mapping[str, Sequence[Point]], path: str | os
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     return target

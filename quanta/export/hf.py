@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +35,7 @@ from torch import nn
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.export import ExportResult, register_exporter
 from quanta.export.hf_layouts import pack_dense
-from quanta.io import save_tensors
+from quanta.io import atomic_dir, save_tensors
 from quanta.lm.hf import HF_CONFIG_FILE, is_hf_model, write_hf_files
 from quanta.nn.base import QuantModule
 from quanta.nn.linear import QuantLinear
@@ -259,29 +256,11 @@ def export_hf(
         "recipe": getattr(model, "quanta_recipe", None),
     }
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    if target.exists() and not target.is_dir():
+        raise QuantaError(f"{target} is a file; the hf export writes a directory. Choose another -o.")
+    with atomic_dir(target) as staging:
         write_hf_files(model, staging, tokenizer)  # tokenizer and generation files; config.json rewritten below
         save_tensors(staging / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
         (staging / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-        _replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     notes = [f"{len(groups)} compressed-tensors config group(s)", "load: AutoModelForCausalLM.from_pretrained(dir)"]
     return ExportResult(target, "hf", (target / WEIGHTS_FILE).stat().st_size, quantized, in_float, tuple(notes))
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move the finished ``staging`` directory onto ``target`` (an old directory is swapped out, then deleted)."""
-    if target.exists() and not target.is_dir():
-        raise QuantaError(f"{target} is a file; the hf export writes a directory. Choose another -o.")
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)

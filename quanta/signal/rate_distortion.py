@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from quanta.errors import SchemeError
+from quanta.io import atomic_path
 from quanta.signal.uniform import check_bits
 
 __all__ = [
@@ -307,14 +307,9 @@ def plot_rate_distortion(
         ax.legend()
     fig.tight_layout()
     target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)  # the temporary name ends .tmp: give the format
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
