@@ -32,7 +32,7 @@ from quanta import distributed
 from quanta.codec import quantize_tensor
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.formats.integer import IntegerFormat
-from quanta.methods.layers import has_matrix_view, input_vector_count, input_vectors, weight_matrix
+from quanta.methods.layers import check_hessian, has_matrix_view, input_vector_count, input_vectors, weight_matrix
 from quanta.methods.registry import Collect, Method, Round, register_method
 from quanta.primitives.packing import pack
 from quanta.scheme import QScheme
@@ -231,11 +231,7 @@ def adaround_weight(
     assert isinstance(weight, torch.Tensor)
     w = weight.detach().float()
     w_mat = weight_matrix(layer).detach().float()  # (out, K)
-    if hessian.shape != (w_mat.shape[1], w_mat.shape[1]):
-        raise UnsupportedError(
-            f"hessian is {tuple(hessian.shape)} but the layer's weight matrix is {tuple(w_mat.shape)}; "
-            "pass E[x x^T] over this layer's input vectors (layer_hessians)."
-        )
+    check_hessian(hessian, w_mat)
     rtn = quantize_tensor(w, scheme)  # the grid: its params are kept as they are
     fmt, grouping = scheme.fmt, rtn.grouping
     qmin, qmax = fmt.qrange(scheme)  # type: ignore[attr-defined]

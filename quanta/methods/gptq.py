@@ -43,7 +43,7 @@ from quanta.errors import UnsupportedError
 from quanta.formats.base import Params
 from quanta.formats.integer import IntegerFormat
 from quanta.methods.adaround import hessian_rounding
-from quanta.methods.layers import weight_matrix
+from quanta.methods.layers import check_hessian, weight_matrix
 from quanta.methods.registry import Method, register_method
 from quanta.primitives.packing import pack
 from quanta.scheme import QScheme
@@ -197,11 +197,7 @@ def gptq_weight(
     assert isinstance(weight, torch.Tensor)
     w_float = weight_matrix(layer).detach().float()  # (out, K)
     out, cols = w_float.shape
-    if hessian.shape != (cols, cols):
-        raise UnsupportedError(
-            f"hessian is {tuple(hessian.shape)} but the layer's weight matrix is {(out, cols)}; "
-            "pass E[x x^T] over this layer's input vectors (layer_hessians)."
-        )
+    check_hessian(hessian, w_float)
     fmt = scheme.fmt
     grouping = grouping_for(weight.shape, scheme, None)
     per_group = scheme.granularity == "group"

@@ -34,7 +34,7 @@ from quanta.errors import UnsupportedError
 from quanta.formats.vector import VectorFormat
 from quanta.methods.adaround import hessian_rounding
 from quanta.methods.gptq import _inverse_cholesky
-from quanta.methods.layers import weight_matrix
+from quanta.methods.layers import check_hessian, weight_matrix
 from quanta.methods.registry import Method, register_method
 from quanta.primitives.affine import storage_param
 from quanta.primitives.packing import pack
@@ -164,11 +164,7 @@ def gptvq_weight(
     d, k = fmt.dim, fmt.entries
     if cols % d:
         raise UnsupportedError(f"gptvq needs the input width ({cols}) to be a multiple of d={d}; use iw or rtn.")
-    if hessian.shape != (cols, cols):
-        raise UnsupportedError(
-            f"hessian is {tuple(hessian.shape)} but the layer's weight matrix is {(out, cols)}; "
-            "pass E[x x^T] over this layer's input vectors (layer_hessians)."
-        )
+    check_hessian(hessian, w_float)
     # The initial codebook: iw's input-weighted k-means on the float weights.
     importance = hessian.detach().diagonal().float().clamp_min(0.0).expand(out, -1).reshape(weight.shape)
     start = quantize_tensor(weight.detach(), scheme, weight=importance)

@@ -19,6 +19,7 @@ from quanta.tensor import QTensor
 __all__ = [
     "WEIGHT_LAYERS",
     "channel_dim",
+    "check_hessian",
     "has_matrix_view",
     "input_vector_count",
     "input_vectors",
@@ -175,3 +176,17 @@ def input_vectors(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor | None =
         + torch.arange(kernel[1]).view(1, 1, -1) * dilation[1]
     ).reshape(-1)  # F.unfold's order: channel, then kernel row, then kernel column
     return padded.view(-1)[corner[:, None] + tap[None, :]]
+
+
+def check_hessian(hessian: torch.Tensor, weight: torch.Tensor) -> None:
+    """Check that ``hessian`` is the ``(K, K)`` input statistic of the ``(out, K)`` weight matrix ``weight``.
+
+    Raises:
+        UnsupportedError: any other shape, naming both and the statistic to pass.
+    """
+    cols = weight.shape[1]
+    if hessian.shape != (cols, cols):
+        raise UnsupportedError(
+            f"hessian is {tuple(hessian.shape)} but the layer's weight matrix is {tuple(weight.shape)}; "
+            "pass E[x x^T] over this layer's input vectors (layer_hessians)."
+        )
