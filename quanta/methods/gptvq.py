@@ -29,11 +29,11 @@ import logging
 import torch
 from torch import nn
 
-from quanta.codec import quantize_tensor
 from quanta.errors import UnsupportedError
 from quanta.formats.vector import VectorFormat
 from quanta.methods.adaround import hessian_rounding
 from quanta.methods.gptq import _inverse_cholesky
+from quanta.methods.iw import iw_weight
 from quanta.methods.layers import check_hessian, weight_matrix
 from quanta.methods.registry import Method, register_method
 from quanta.primitives.affine import storage_param
@@ -166,8 +166,7 @@ def gptvq_weight(
         raise UnsupportedError(f"gptvq needs the input width ({cols}) to be a multiple of d={d}; use iw or rtn.")
     check_hessian(hessian, w_float)
     # The initial codebook: iw's input-weighted k-means on the float weights.
-    importance = hessian.detach().diagonal().float().clamp_min(0.0).expand(out, -1).reshape(weight.shape)
-    start = quantize_tensor(weight.detach(), scheme, weight=importance)
+    start = iw_weight(layer, scheme, hessian.detach())
     names = ["codebook"] if fmt.stages == 1 else ["codebook", "codebook2"]
     books = [start.params[n].float().reshape(-1, k, d) for n in names]  # (G, k, d): G groups of rows
     groups = books[0].shape[0]
