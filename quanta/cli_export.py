@@ -87,7 +87,7 @@ def export_command(
         if output.exists() and not overwrite:
             raise QuantaError(f"{output} already exists; pass --overwrite to replace it, or choose another -o.")
         with out.status(f"loading {directory}..."):
-            model = quanta.load(directory).eval()  # exported graphs compute in inference mode
+            model = quanta.load(directory)  # in eval mode, as exported graphs compute
         inputs = _example_inputs(model, input_shape, seq_len)
         options: dict[str, Any] = {"allow_float": True} if allow_float else {}
         if qtype is not None:
