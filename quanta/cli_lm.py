@@ -41,6 +41,24 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def text_calibration_batches(path: Path, tokenizer: Any, window: int, nsamples: int, seed: int) -> list[Any]:
+    """``nsamples`` seeded windows of ``window`` tokens from the text file ``path``, ``CALIB_BATCH`` to a batch.
+
+    Raises:
+        QuantaError: the file holds fewer tokens than one window.
+    """
+    from quanta.lm import calibration_windows, tokenize_file
+
+    ids = tokenize_file(path, tokenizer)
+    tokens = int(ids.numel())
+    if tokens < window:
+        raise QuantaError(
+            f"{path} has {tokens} tokens, fewer than one calibration window of {window}; pass a longer file or a "
+            "smaller --seqlen."
+        )
+    return list(calibration_windows(ids, n=nsamples, length=window, seed=seed).split(CALIB_BATCH))
+
+
 def _window(model: Any, seqlen: int | None) -> int:
     from quanta.lm import context_length
 
@@ -68,7 +86,7 @@ def quantize_hf(
 
     import quanta
     from quanta.eval import layer_errors
-    from quanta.lm import BlockState, calibration_windows, load_offloaded, quantize_sequential, tokenize_file
+    from quanta.lm import BlockState, load_offloaded, quantize_sequential, tokenize_file
     from quanta.lm.hf import _load_tokenizer, transformers_module
     from quanta.lm.kv_cache import calibrate_kv, kv_bits_of, kv_key_scales_of
     from quanta.methods.registry import get_method
@@ -106,15 +124,7 @@ def quantize_hf(
         batches: list[Any] = []
         tokens = 0
         if calib is not None:
-            ids = tokenize_file(calib, tokenizer)
-            tokens = int(ids.numel())
-            if tokens < window:
-                raise QuantaError(
-                    f"{calib} has {tokens} tokens, fewer than one calibration window of {window}; pass a longer "
-                    "file or a smaller --seqlen."
-                )
-            windows = calibration_windows(ids, n=nsamples, length=window, seed=out.seed)
-            batches = list(windows.split(CALIB_BATCH))
+            batches = text_calibration_batches(calib, tokenizer, window, nsamples, out.seed)
         # The float model for per-layer errors: not under --offload, whose point is never holding it whole.
         reference = None if offload else copy.deepcopy(model)
         # (model_nbytes tells tied tensors by address, which meta tensors lack: count offloaded ones by identity)

@@ -25,7 +25,6 @@ __all__ = ["DEFAULT_CANDIDATES", "parse_size", "quantize_mixed"]
 
 DEFAULT_CANDIDATES = "w2a16-g32,w3a16-g32,w4a16-g32,w8a16"
 LM_CALIB_CANDIDATES = "w2a16-g32-gptq,w3a16-g32-gptq,w4a16-g32-gptq,w8a16"  # language models (calib is required)
-CALIB_BATCH = 8  # language-model calibration windows per forward pass (as quanta quantize)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*?)b?\s*", re.IGNORECASE)
 
@@ -67,8 +66,7 @@ def _zoo(model: str, calib: Path, opts: dict[str, Any]) -> tuple[Any, list[Any],
 
 def _language_model(source: Path, calib: Path, opts: dict[str, Any]) -> tuple[Any, list[Any], int, Any]:
     """(float model, calibration batches, window, tokenizer) for a transformers directory, as quanta quantize."""
-    from quanta.cli_lm import _model_and_tokenizer, _window
-    from quanta.lm import calibration_windows, tokenize_file
+    from quanta.cli_lm import _model_and_tokenizer, _window, text_calibration_batches
 
     if calib.suffix.lower() == ".npz":
         raise QuantaError(f"{calib}: a language model calibrates on a text file (--calib FILE.txt), not .npz.")
@@ -76,11 +74,7 @@ def _language_model(source: Path, calib: Path, opts: dict[str, Any]) -> tuple[An
         raise QuantaError(f"{source} is already quantized (it has quanta.json); pass the float model directory.")
     net, tokenizer = _model_and_tokenizer(source)
     window = _window(net, opts["seqlen"])
-    ids = tokenize_file(calib, tokenizer)
-    if ids.numel() < window:
-        raise QuantaError(f"{calib} has {ids.numel()} tokens, fewer than one window of {window}; pass a longer file.")
-    windows = calibration_windows(ids, n=opts["nsamples"], length=window, seed=opts["seed"])
-    return net, list(windows.split(CALIB_BATCH)), window, tokenizer
+    return net, text_calibration_batches(calib, tokenizer, window, opts["nsamples"], opts["seed"]), window, tokenizer
 
 
 def quantize_mixed(

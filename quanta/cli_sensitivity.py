@@ -22,7 +22,6 @@ from quanta.errors import QuantaError
 
 __all__ = ["sensitivity_command"]
 
-CALIB_BATCH = 8  # language-model calibration windows per forward pass
 _EFFECT = {"kl": "KL", "loss": "Δ loss", "accuracy": "acc drop"}
 
 
@@ -34,8 +33,8 @@ def _num(value: float | None, fmt: str = ".3g") -> str:
 
 def _language_model(model: Path, calib: Path, ppl: Path | None, accuracy: Path | None, opts: dict[str, Any]) -> Any:
     """(model, calibration batches, eval data, window) for a transformers directory."""
-    from quanta.cli_lm import _model_and_tokenizer, _window
-    from quanta.lm import calibration_windows, tokenize_file
+    from quanta.cli_lm import _model_and_tokenizer, _window, text_calibration_batches
+    from quanta.lm import tokenize_file
 
     if accuracy is not None:
         raise QuantaError("--accuracy is for image classifiers; score a language model with --ppl FILE.txt.")
@@ -43,11 +42,11 @@ def _language_model(model: Path, calib: Path, ppl: Path | None, accuracy: Path |
         raise QuantaError(f"{calib}: a language model calibrates on a text file (--calib FILE.txt), not .npz.")
     net, tokenizer = _model_and_tokenizer(model)
     window = _window(net, opts["seqlen"])
-    windows = calibration_windows(tokenize_file(calib, tokenizer), n=opts["nsamples"], length=window, seed=opts["seed"])
+    batches = text_calibration_batches(calib, tokenizer, window, opts["nsamples"], opts["seed"])
     eval_ids = None
     if ppl is not None:
         eval_ids = tokenize_file(ppl, tokenizer)[: opts["max_tokens"]]
-    return net, list(windows.split(CALIB_BATCH)), eval_ids, window
+    return net, batches, eval_ids, window
 
 
 def _image_model(model: str, calib: Path, ppl: Path | None, accuracy: Path | None, opts: dict[str, Any]) -> Any:

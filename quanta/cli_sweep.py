@@ -24,8 +24,6 @@ from quanta.errors import QuantaError
 
 __all__ = ["sweep_command"]
 
-CALIB_BATCH = 8  # language-model calibration windows per forward pass
-
 
 def _ints(text: str, option: str) -> list[int]:
     try:
@@ -57,9 +55,9 @@ def _language_model(
 ) -> Any:
     """(model, calibration batches or None, evaluation, quantize function) for a transformers directory."""
     import quanta
-    from quanta.cli_lm import _model_and_tokenizer, _window
+    from quanta.cli_lm import _model_and_tokenizer, _window, text_calibration_batches
     from quanta.eval.sweep_eval import perplexity_evaluation
-    from quanta.lm import calibration_windows, quantize_sequential, tokenize_file
+    from quanta.lm import quantize_sequential, tokenize_file
 
     if eval_npz is not None:
         raise QuantaError("--eval FILE.npz is for image classifiers; score a language model with --ppl FILE.txt.")
@@ -73,10 +71,9 @@ def _language_model(
     evaluation = perplexity_evaluation(net, ids, window, batch_size=opts["batch_size"])
     if calib is None:
         return net, None, evaluation, lambda m, r, c: quanta.quantize(m, r, c)
-    calib_ids = tokenize_file(calib, tokenizer)
-    windows = calibration_windows(calib_ids, n=opts["nsamples"], length=window, seed=opts["seed"])
+    batches = text_calibration_batches(calib, tokenizer, window, opts["nsamples"], opts["seed"])
     # block by block, each block calibrated on the quantized blocks' outputs, as `quanta quantize` does
-    return net, list(windows.split(CALIB_BATCH)), evaluation, quantize_sequential
+    return net, batches, evaluation, quantize_sequential
 
 
 def _image_model(spec: str, calib: Path | None, ppl: Path | None, eval_npz: Path | None, opts: dict[str, Any]) -> Any:
