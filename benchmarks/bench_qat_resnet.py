@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import quanta
-from quanta.qat import QATModule, freeze
+from quanta.qat import freeze, is_prepared
 from quanta.qat.batchnorm import freeze_batchnorm, unfreeze_batchnorm
 from quanta.recipe import Recipe, Rule
 from quanta.scheme import QScheme
@@ -100,7 +100,7 @@ def _train(model: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tenso
     steps = [p for n, p in model.named_parameters() if n.endswith("step")]
     others = [p for n, p in model.named_parameters() if not n.endswith("step")]
     opt = torch.optim.Adam([{"params": others, "lr": lr}, {"params": steps, "lr": 1e-3}])
-    qat = any(isinstance(m, QATModule) for m in model.modules())
+    qat = is_prepared(model)
     data = Augmented(x, y)
     _recalibrate_batchnorm(model, data)
     if epochs > 1:

@@ -201,6 +201,11 @@ def quantize_resolved(
 ) -> nn.Module:
     """:func:`quantize` with the recipe already resolved; ``check_rules=False`` lets rules match no module here
     (presets' generic rules, or a part of a model quantized on its own, as the sequential LM pipeline does)."""
+    if any(isinstance(m, QuantModule) and m.fake_quantized for m in model.modules()):
+        raise QuantaError(
+            "the model is prepared for QAT (fake-quantized): pack it with quanta.convert(model), or quantize the "
+            "float model instead."
+        )
     steps, unsupported = _plan(model, resolved)
     fingerprint = calib_module.Fingerprint()
     if calib is not None:

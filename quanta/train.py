@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quanta.errors import QuantaError
-from quanta.qat import QATModule, freeze
+from quanta.qat import freeze, is_prepared
 
 __all__ = ["distillation_loss", "fit"]
 
@@ -54,7 +54,7 @@ def fit(
         raise QuantaError(f"kd_weight must be in [0, 1], got {kd_weight}.")
     if freeze_at is not None and freeze_at < 0:
         raise QuantaError(f"freeze_at must be >= 0 optimizer steps, got {freeze_at}.")
-    if freeze_at is not None and not any(isinstance(m, QATModule) for m in model.modules()):
+    if freeze_at is not None and not is_prepared(model):
         raise QuantaError("freeze_at freezes QAT observers: prepare the model with quanta.prepare_qat first.")
     optimizer = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     if teacher is not None:

@@ -8,25 +8,58 @@ module. There is no float copy: the forward pass dequantizes on the fly (the ref
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
+from quanta.errors import QuantaError
 from quanta.primitives.affine import int_range, symmetric_scale, symmetric_zero
 from quanta.primitives.ste import fake_quantize_affine
 from quanta.scheme import QScheme
 from quanta.tensor import QTensor
 
-__all__ = ["QuantModule", "quant_class_for", "register_quant_module", "registered_types"]
+__all__ = [
+    "FakeQuantState",
+    "QuantModule",
+    "qat_types",
+    "quant_class_for",
+    "register_quant_module",
+    "registered_types",
+]
 
 _REGISTRY: dict[type[nn.Module], type[QuantModule]] = {}
 
 
+class FakeQuantState(Protocol):
+    """What a module in its fake-quantized state (quantization-aware training, :mod:`quanta.qat.fake_state`)
+    computes in place of its packed weights and calibrated input grid."""
+
+    def weight(self, module: QuantModule, name: str) -> torch.Tensor:
+        """Weight ``name`` as the forward pass sees it: the float master weight, fake-quantized."""
+        ...
+
+    def quantize_input(self, module: QuantModule, x: torch.Tensor) -> torch.Tensor:
+        """The input, fake-quantized as the packed module will quantize it."""
+        ...
+
+    def forward(self, module: QuantModule, x: torch.Tensor) -> torch.Tensor:
+        """The whole forward pass of a linear or convolution module (its BatchNorm folded in, if any)."""
+        ...
+
+
 class QuantModule(nn.Module):
-    """Base of packed quantized modules: holds the weight as a QTensor in buffers."""
+    """Base of packed quantized modules: holds the weight as a QTensor in buffers.
+
+    A module is either **packed** (the weight as codes and stored parameters, the usual state) or
+    **fake-quantized** (quantization-aware training: ``quanta.prepare_qat`` gives each matched layer its packed class
+    in this state, with float master weights as parameters and trainable fake quantizers as submodules;
+    ``quanta.convert`` packs it in place). :attr:`fake_quantized` says which.
+    """
 
     float_type: ClassVar[type[nn.Module]]
+    supports_qat: ClassVar[bool] = False
+    """Whether ``quanta.prepare_qat`` can put this class in its fake-quantized state."""
     weight_codes: torch.Tensor
     act_scale: torch.Tensor
     act_zero: torch.Tensor
@@ -122,11 +155,54 @@ class QuantModule(nn.Module):
             value = torch.ones((1, 1, *trailing), dtype=dtype) if params is None else params[name]
             self.register_buffer(f"act_{name}", value.reshape(1, 1, *trailing).to(dtype))
 
+    # -- the fake-quantized state (quantization-aware training) ---------------------------------------------
+
+    @property
+    def fake_state(self) -> FakeQuantState | None:
+        """The training state of a fake-quantized module, ``None`` when packed."""
+        state: FakeQuantState | None = self.__dict__.get("_fake_state")
+        return state
+
+    @property
+    def fake_quantized(self) -> bool:
+        """Whether the module is in its fake-quantized (training) state rather than packed."""
+        return self.fake_state is not None
+
+    def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The layer's float operation on an input and a (dequantized or fake-quantized) weight (linear and
+        convolution modules; the fake-quantized state runs it on its own weights)."""
+        raise NotImplementedError(f"{type(self).__name__} has no single weighted operation")
+
+    def _unpack_for_training(self) -> None:
+        """Drop the packed weights (buffers and metadata): the fake-quantized state holds master weights instead."""
+        for name, meta in self._qweight_meta.items():
+            self._buffers.pop(f"{name}_codes", None)
+            for param in meta[4]:
+                self._buffers.pop(f"{name}_{param}", None)
+        self._qweight_meta = {}
+
+    def _after_repack(self) -> None:
+        """Called once ``quanta.convert`` has set the packed weights again (a kernel module chooses its kernel)."""
+
+    def _check_packed(self, what: str) -> None:
+        if self.fake_quantized:
+            raise QuantaError(
+                f"{type(self).__name__} is fake-quantized (prepared for QAT) and has no {what} yet: pack it with "
+                "quanta.convert(model) first."
+            )
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input as the activation scheme sees it (fake-quantized, same dtype), or unchanged without one.
 
         The straight-through estimator passes gradients with respect to the input (for attacks and QAT).
         """
+        fake = self.fake_state
+        if fake is not None:
+            return fake.quantize_input(self, x)
+        return self.quantize_input_packed(x)
+
+    def quantize_input_packed(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`quantize_input` with this module's activation settings (those of the packed state)."""
         scheme = self.act_scheme
         if scheme is None:
             return x
@@ -160,6 +236,7 @@ class QuantModule(nn.Module):
 
     def qweight_named(self, name: str) -> QTensor:
         """The packed weight ``name`` as a QTensor (views of this module's buffers, no copy)."""
+        self._check_packed("packed weights")
         scheme, shape, dtype, axis, param_names = self._qweight_meta[name]
         params = {p: getattr(self, f"{name}_{p}") for p in param_names}
         return QTensor(getattr(self, f"{name}_codes"), params, scheme, shape, dtype, axis)
@@ -172,10 +249,15 @@ class QuantModule(nn.Module):
     @property
     def qweights(self) -> dict[str, QTensor]:
         """Every packed weight of this module, by name."""
+        self._check_packed("packed weights")
         return {name: self.qweight_named(name) for name in self._qweight_meta}
 
     def dequantized_weight(self, dtype: torch.dtype, name: str = "weight") -> torch.Tensor:
-        """The weight ``name`` reconstructed in ``dtype`` (a temporary: nothing is cached)."""
+        """The weight ``name`` reconstructed in ``dtype`` (a temporary: nothing is cached); in the fake-quantized
+        state, the master weight fake-quantized (with its straight-through gradient)."""
+        fake = self.fake_state
+        if fake is not None:
+            return fake.weight(self, name).to(dtype)
         return self.qweight_named(name).dequantize().to(dtype)
 
     @classmethod
@@ -184,6 +266,9 @@ class QuantModule(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
+        fake = self.fake_state
+        if fake is not None:
+            return repr(fake)
         per = " per sample" if self.batched_dims else " per token"
         act = "" if self.act_scheme is None else f", input={self.act_scheme}{per if self.act_dynamic else ''}"
         if "weight" in self._qweight_meta and len(self._qweight_meta) == 1:
@@ -213,6 +298,12 @@ def registered_types() -> list[type[nn.Module]]:
     """Float module types that have a quantized twin."""
     _load_builtin_modules()
     return list(_REGISTRY)
+
+
+def qat_types() -> list[type[nn.Module]]:
+    """Float module types whose quantized twin trains fake-quantized (``quanta.prepare_qat``)."""
+    _load_builtin_modules()
+    return [t for t, cls in _REGISTRY.items() if cls.supports_qat]
 
 
 def _load_builtin_modules() -> None:

@@ -45,6 +45,7 @@ class _QuantConv(KernelLayoutModule):
     conv_fn = staticmethod(F.conv2d)
     op = "conv2d"
     keeps_kernel_off_cpu = True  # the int8 kernel packs per call from the canonical codes once its object is gone
+    supports_qat = True
 
     def __init__(self, module: nn.Module, qweight: QTensor) -> None:
         super().__init__()
@@ -104,7 +105,14 @@ class _QuantConv(KernelLayoutModule):
             codes, shape, dtype = quantize_input_codes(x, scale, zero), x.shape, x.dtype
         return Int8Activation.pending(self._output_shape(shape), dtype, self, kernel.on_codes, (codes, scale, zero))
 
+    def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's float operation on an input and a (dequantized or fake-quantized) weight."""
+        return self.conv_fn(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fake = self.fake_state
+        if fake is not None:
+            return fake.forward(self, x)
         kernel = self._kernel
         if (
             type(x) is Int8Activation  # made by an int8 conv of this call: CPU, no gradient, a kernel dtype
@@ -128,8 +136,7 @@ class _QuantConv(KernelLayoutModule):
             return kernel.run(x if kernel.quantizes_input else self.quantize_input(x), self)
         x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        weight = self.dequantized_weight(x.dtype)
-        return self.conv_fn(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.compute(x, self.dequantized_weight(x.dtype), bias)
 
 
 @register_quant_module(nn.Conv1d)

@@ -61,6 +61,17 @@ class KernelLayoutModule(QuantModule):
         self._held_params: tuple[str, ...] = ()  # buffers of a kernel's own copy of the stored parameters
         self._choose_kernel()
 
+    def _unpack_for_training(self) -> None:
+        for name in (*self._held_params, *self._derived):  # a kernel's own copies go with the packed weight
+            self._buffers.pop(name, None)
+            self._non_persistent_buffers_set.discard(name)
+        self._held, self._held_params, self._derived = None, (), ()
+        self._kernel, self.kernel = None, REFERENCE
+        super()._unpack_for_training()
+
+    def _after_repack(self) -> None:
+        self._init_kernel()
+
     def _find_kernel(self) -> Kernel | None:
         """The kernel for the current schemes and shape, or ``None`` for the reference path."""
         raise NotImplementedError
@@ -143,6 +154,8 @@ class KernelLayoutModule(QuantModule):
 
     def _may_choose_again(self) -> bool:
         """Whether the kernel was dropped as the codes left the CPU, and they are back to choose one again."""
+        if self.fake_quantized:  # no packed weight to hold in a layout until convert packs it
+            return False
         return not self.keeps_kernel_off_cpu and self._kernel is None and self._on_cpu()
 
     def _choose_kernel(self) -> None:
@@ -203,7 +216,7 @@ class KernelLayoutModule(QuantModule):
         super().__setstate__(state)
         self.__dict__.setdefault("_held_params", ())  # pickles from before kernels held parameters
         self.__dict__.setdefault("_derived", ())  # conv pickles from before kernels derived buffers
-        if self._kernel is None and self._on_cpu():
+        if self._kernel is None and self._on_cpu() and not self.fake_quantized:
             self._choose_kernel()
 
     def extra_nbytes(self) -> int:
@@ -250,6 +263,11 @@ class KernelLayoutModule(QuantModule):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        if self.fake_quantized:  # master weights and quantizer state: ordinary parameters and buffers
+            super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+            return
         if self._codes_in_layout():
             state_dict = self._load_codes(state_dict, prefix, missing_keys, error_msgs)
         if self._held_params:  # canonical buffers again, for torch's loader to check and fill

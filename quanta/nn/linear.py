@@ -25,6 +25,8 @@ from quanta.tensor import QTensor
 
 @register_quant_module(nn.Linear)
 class QuantLinear(KernelLayoutModule):
+    supports_qat = True
+
     def __init__(self, in_features: int, out_features: int, qweight: QTensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -44,7 +46,14 @@ class QuantLinear(KernelLayoutModule):
 
     # -- forward -------------------------------------------------------------------------------------------
 
+    def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's float operation on an input and a (dequantized or fake-quantized) weight."""
+        return F.linear(x, weight, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fake = self.fake_state
+        if fake is not None:
+            return fake.forward(self, x)
         kernel = self._kernel
         if (
             kernel is not None
@@ -56,4 +65,4 @@ class QuantLinear(KernelLayoutModule):
             return kernel.run(x if kernel.quantizes_input else self.quantize_input(x), self)
         x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        return self.compute(x, self.dequantized_weight(x.dtype), bias)

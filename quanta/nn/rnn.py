@@ -42,6 +42,7 @@ class QuantRNNBase(QuantModule):
     """Packed recurrent module: ``weight_*`` as QTensors (one per matrix), ``bias_*`` as float parameters."""
 
     rnn_type: ClassVar[type[nn.RNNBase]]
+    supports_qat = True  # fake-quantized, the same forward runs on the fake-quantized weights and input
 
     def __init__(self, module: nn.Module, qweights: Mapping[str, QTensor]) -> None:
         super().__init__()
@@ -139,6 +140,8 @@ class QuantRNNBase(QuantModule):
         return output, new_states
 
     def extra_repr(self) -> str:
+        if self.fake_quantized:
+            return super().extra_repr()
         schemes = sorted({str(meta[0]) for meta in self._qweight_meta.values()})
         act = "" if self.act_scheme is None else f", input={self.act_scheme}{' per token' if self.act_dynamic else ''}"
         options = f", num_layers={self.num_layers}" if self.num_layers != 1 else ""

@@ -1,14 +1,15 @@
 """Quantization-aware training: ``prepare_qat`` -> train with any PyTorch loop -> ``convert`` -> ``quanta.save``.
 
 ``prepare_qat(model, recipe, calib=None)`` reads the same recipes and presets as ``quanta.quantize`` (``w4a4``,
-``w8a8``, ``w4a16-g32``, ``ternary``, ``bnn``, ``q4.4``, ... with ``-lsq``, ``-lsqplus`` or ``-pact`` for learned
-ranges) and switches every matched Linear / Conv1d / Conv2d / LSTM / GRU, in place, to its fake-quantized twin
-(:mod:`quanta.qat.modules`): float master weights, and quantizers whose straight-through (or learned) gradients let
-the network adapt to its grid. A layer followed by a BatchNorm trains with the BatchNorm folded in
-(:mod:`quanta.qat.batchnorm`). ``calib`` initialises the input ranges as PTQ calibration does (otherwise the first
-training batch does). :func:`freeze` stops the observers and BatchNorm statistics, e.g. for the last epochs.
-``convert(model)`` replaces each twin by the packed module ``quanta.quantize`` would build, with the trained grids:
-in eval mode its outputs equal the fake-quantized model's. The result saves, loads and runs on the low-bit
+``w8a8``, ``w4a16-g32``, ``w8a8-dyn``, ``ternary``, ``bnn``, ``q4.4``, ... with ``-lsq``, ``-lsqplus`` or ``-pact`` for
+learned ranges) and replaces every matched Linear / Conv1d / Conv2d / LSTM / GRU by the quantized module class
+``quanta.quantize`` builds for it (``QuantLinear``, ``QuantConv2d``, ``QuantLSTM``, ...) in its fake-quantized
+state (:mod:`quanta.qat.fake_state`): the float layer's own parameters as master weights, and quantizers whose
+straight-through (or learned) gradients let the network adapt to its grid. A layer followed by a BatchNorm trains
+with the BatchNorm folded in (:mod:`quanta.qat.batchnorm`). ``calib`` initialises the input ranges as PTQ
+calibration does (otherwise the first training batch does). :func:`freeze` stops the observers and BatchNorm
+statistics, e.g. for the last epochs. ``convert(model)`` packs each of those modules in place with its trained
+grids: in eval mode its outputs equal the fake-quantized model's. The result saves, loads and runs on the low-bit
 kernels like any PTQ model.
 """
 
@@ -27,11 +28,12 @@ from quanta.errors import QuantaError, UnsupportedError
 from quanta.formats.integer import IntegerFormat
 from quanta.methods.bn_fold import batchnorm_pairs
 from quanta.nn import int8_flow
-from quanta.nn.base import QuantModule, quant_class_for
+from quanta.nn.base import QuantModule, qat_types, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.primitives.checks import check_finite
-from quanta.qat.batchnorm import fold_factor, folded_bias, freeze_batchnorm, mark_folded, unfreeze_batchnorm
-from quanta.qat.modules import QAT_TWINS, QATModule
+from quanta.qat import fake_state
+from quanta.qat.batchnorm import fold_factor, freeze_batchnorm, mark_folded, unfreeze_batchnorm
+from quanta.qat.fake_state import FakeQuantization, fake_quantized_modules
 from quanta.qat.quantizers import (
     LEARNED_STEPS,
     QAT_METHODS,
@@ -43,7 +45,12 @@ from quanta.qat.quantizers import (
 )
 from quanta.recipe import Recipe, resolve_recipe
 
-__all__ = ["QATModule", "convert", "freeze", "prepare_qat"]
+__all__ = ["FakeQuantization", "convert", "fake_quantized_modules", "freeze", "is_prepared", "prepare_qat"]
+
+
+def is_prepared(model: nn.Module) -> bool:
+    """Whether ``model`` has modules in the fake-quantized state (prepared by :func:`prepare_qat`, not converted)."""
+    return any(isinstance(m, QuantModule) and m.fake_quantized for m in model.modules())
 
 
 def prepare_qat(
@@ -54,12 +61,15 @@ def prepare_qat(
 ) -> nn.Module:
     """Make ``model`` (in place, also returned) fake-quantized per ``recipe``, ready to train.
 
+    Every matched layer is replaced by the module class ``quanta.quantize`` builds for it, in its fake-quantized
+    state; its master weights are the float layer's parameters themselves.
+
     Args:
         model: a float model.
         recipe: a Recipe, preset name or recipe JSON path; the method slot is ``rtn`` (observed ranges, the
-            default), ``lsq``, ``lsqplus`` or ``pact``.
-        calib: optional calibration inputs (as ``quanta.quantize`` takes them) that initialise every input range,
-            observed in eval mode on the float activations, as PTQ calibrates; without it the first training
+            default), ``lsq``, ``lsqplus`` or ``pact``; ``-dyn`` quantizes inputs per token at run time.
+        calib: optional calibration inputs (as ``quanta.quantize`` takes them) that initialise every static input
+            range, observed in eval mode on the float activations, as PTQ calibrates; without it the first training
             batch does. Under DistributedDataParallel, calibrate every rank on the same data before wrapping.
         fold_bn: train each Conv/Linear followed by a BatchNorm with the BatchNorm folded into its weight.
 
@@ -69,21 +79,22 @@ def prepare_qat(
         UnsupportedError: a matched module type, scheme or method with no QAT form (named), checked before any
             module changes.
     """
-    if any(isinstance(m, (QuantModule, QATModule)) for m in model.modules()):
+    if any(isinstance(m, QuantModule) for m in model.modules()):
         raise QuantaError(
             "the model is already quantized or prepared for QAT; prepare_qat takes a float model (convert a "
             "prepared one with quanta.convert)."
         )
     resolved = resolve_recipe(recipe)
     steps, _ = _plan(model, resolved)
+    pairs = dict(batchnorm_pairs(model)) if fold_bn else {}
     plans = []
-    for step in steps:  # everything is checked before anything changes
+    for step in steps:  # everything is checked, and every packed module built, before the model changes
         rule = step.rule
-        twin = QAT_TWINS.get(type(step.module))
-        if twin is None:
+        quant_class = quant_class_for(step.module)
+        if quant_class is None or not quant_class.supports_qat:
             raise UnsupportedError(
                 f"{step.name} ({type(step.module).__name__}) has no QAT form yet: QAT trains "
-                f"{', '.join(t.__name__ for t in QAT_TWINS)}; skip it in the recipe."
+                f"{', '.join(t.__name__ for t in qat_types())}; skip it in the recipe."
             )
         methods = rule.method.split("_")
         if len(methods) != 1 or methods[0] not in QAT_METHODS:
@@ -100,58 +111,66 @@ def prepare_qat(
         check_qat_scheme(rule.weight, weight_method)
         act = rule.activation
         if act is not None:
-            if rule.dynamic:
-                raise UnsupportedError(f"{step.name}: QAT quantizes inputs statically; drop '-dyn'.")
-            check_qat_scheme(act, method if isinstance(act.fmt, IntegerFormat) else "rtn")
+            if rule.dynamic and method == "pact":
+                raise UnsupportedError(
+                    f"{step.name}: PACT learns a static clipping level; drop '-dyn' or use '-lsq' for the weights."
+                )
+            if rule.dynamic and not act.is_integer:
+                raise UnsupportedError(f"{step.name}: {act} inputs are quantized statically; drop '-dyn'.")
+            check_qat_scheme(act, method if isinstance(act.fmt, IntegerFormat) and not rule.dynamic else "rtn")
         elif method == "pact":
             raise UnsupportedError(
                 f"{step.name}: PACT learns activation ranges; quantize activations (e.g. w4a4-pact)."
             )
-        quant_class = quant_class_for(step.module)
-        assert quant_class is not None
-        names = quant_class.weight_names(step.module)
+        bn = model.get_submodule(pairs[step.name]) if step.name in pairs else None
         weights = {}
-        for name in names:
+        for name in quant_class.weight_names(step.module):
             weight = getattr(step.module, name)
             assert isinstance(weight, torch.Tensor)
             check_finite(weight.detach(), f"the weight {name} of {step.name}")
             weights[name] = weight.detach()
-        plans.append((step, twin, names, weights, weight_method, method))
-    pairs = dict(batchnorm_pairs(model)) if fold_bn else {}
-    for step, twin, names, weights, weight_method, method in plans:
-        module = step.module
-        bn = model.get_submodule(pairs[step.name]) if step.name in pairs else None
-        module.__class__ = twin  # the same object: parameters and optimizers built on them are kept
         if bn is not None:
-            module.fold_batchnorm(bn)  # type: ignore[operator]
-            mark_folded(bn)
             with torch.no_grad():
                 factor = fold_factor(bn)
                 weights["weight"] = weights["weight"] * factor.reshape((-1,) + (1,) * (weights["weight"].dim() - 1))
-        scheme = step.rule.weight
-        assert scheme is not None
-        quantizers = {name: WeightQuantizer(weights[name], scheme, weight_method) for name in names}
-        if names == ("weight",):
-            module.add_module("weight_quantizer", quantizers["weight"])
-        else:
-            module.add_module("weight_quantizers", nn.ModuleDict(quantizers))
+        quantizers = {name: WeightQuantizer(w, rule.weight, weight_method) for name, w in weights.items()}
+        with torch.no_grad():  # the packed module is built as quanta.quantize builds it, then unpacked
+            packed = quant_class.from_float_weights(
+                step.module, {n: q.qtensor(weights[n]) for n, q in quantizers.items()}
+            )
+        inputs = None if act is None or rule.dynamic else input_quantizer(act, method)
+        plans.append((step, packed, quantizers, inputs, bn))
+    for step, packed, quantizers, inputs, bn in plans:
         act = step.rule.activation
-        module.add_module("input_quantizer", None if act is None else input_quantizer(act, method))
+        fake_state.enter(packed, step.module, quantizers, inputs, act, step.rule.dynamic and act is not None, bn)
+        if bn is not None:
+            mark_folded(bn)
+        model.set_submodule(step.name, packed)
+    disable_fused_fast_paths(model)
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
     if calib is not None:
         _calibrate_inputs(model, calib)
     return model
 
 
+def _states(model: nn.Module) -> list[FakeQuantization]:
+    states = []
+    for _, module in fake_quantized_modules(model):
+        state = module.fake_state
+        assert isinstance(state, FakeQuantization)
+        states.append(state)
+    return states
+
+
 def _calibrate_inputs(model: nn.Module, calib: Iterable[Any]) -> None:
     """Initialise every input quantizer from ``calib`` run through the float model (eval mode, no gradients)."""
     quantizers = [m for m in model.modules() if isinstance(m, (InputQuantizer, FormatInputQuantizer))]
-    twins = [m for m in model.modules() if isinstance(m, QATModule)]
+    states = _states(model)
     was_training = model.training
     for q in quantizers:
         q.begin_calibration()
-    for twin in twins:
-        twin.use_float_weights(True)
+    for state in states:
+        state.calibrating = True
     try:
         model.eval()
         calib_module.run(model, calib)  # no gradients; an empty calibration set raises QuantaError
@@ -161,10 +180,15 @@ def _calibrate_inputs(model: nn.Module, calib: Iterable[Any]) -> None:
         raise
     finally:
         model.train(was_training)
-        for twin in twins:
-            twin.use_float_weights(False)
+        for state in states:
+            state.calibrating = False
     for q in quantizers:
         q.end_calibration()
+
+
+def _check_prepared(model: nn.Module) -> None:
+    if not is_prepared(model):
+        raise QuantaError("the model has no QAT modules: prepare it with quanta.prepare_qat(model, recipe) first.")
 
 
 def freeze(model: nn.Module, observers: bool = True, batchnorm: bool = True) -> nn.Module:
@@ -175,8 +199,7 @@ def freeze(model: nn.Module, observers: bool = True, batchnorm: bool = True) -> 
     Raises:
         QuantaError: the model was never prepared with :func:`prepare_qat`.
     """
-    if not any(isinstance(m, QATModule) for m in model.modules()):
-        raise QuantaError("the model has no QAT modules: prepare it with quanta.prepare_qat(model, recipe) first.")
+    _check_prepared(model)
     if observers:
         for m in model.modules():
             if isinstance(m, (InputQuantizer, FormatInputQuantizer)):
@@ -187,47 +210,21 @@ def freeze(model: nn.Module, observers: bool = True, batchnorm: bool = True) -> 
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replace every fake-quantized twin of ``model`` (in place, also returned) by its packed module.
+    """Pack every fake-quantized module of ``model`` in place (also returned) with its trained grids.
 
     Raises:
         QuantaError: the model was never prepared with :func:`prepare_qat`.
     """
-    twins = [(n, m) for n, m in model.named_modules() if isinstance(m, QATModule)]
-    if not twins:
-        raise QuantaError("the model has no QAT modules: prepare it with quanta.prepare_qat(model, recipe) first.")
-    bn_names = {id(m): n for n, m in model.named_modules()}
+    _check_prepared(model)
+    names = {id(m): n for n, m in model.named_modules()}
     unfreeze_batchnorm(model)
-    for name, module in twins:
-        bn = module.folded_batchnorm
-        with torch.no_grad():
-            qweights = {}
-            for weight_name, quantizer in module.weight_quantizer_items():
-                parameter = module._parameters[weight_name]
-                assert parameter is not None
-                weight: torch.Tensor = parameter
-                if bn is not None:
-                    weight = weight * fold_factor(bn).reshape((-1,) + (1,) * (weight.dim() - 1))
-                qweights[weight_name] = quantizer.qtensor(weight)
-            bias = None if bn is None else folded_bias(module._parameters.get("bias"), bn).detach().clone()
-        inputs = module.input_quantizer
-        for attr in ("weight_quantizer", "weight_quantizers", "input_quantizer"):
-            module._modules.pop(attr, None)
-        module.fold_batchnorm(None)
-        module.__class__ = type(module).float_type  # type: ignore[assignment]  # back to the float layer the packed twin is built from
-        if bias is not None:
-            module.bias = nn.Parameter(bias)
-        quant_class = quant_class_for(module)
-        assert quant_class is not None
-        packed = quant_class.from_float_weights(module, qweights)
-        if isinstance(inputs, FormatInputQuantizer):
-            packed.set_activation(inputs.scheme, dynamic=False, params=inputs.format_params())
-        elif inputs is not None:
-            scale, zero = inputs.qparams()
-            packed.set_activation(inputs.scheme, dynamic=False, scale=scale, zero=zero)
-        packed.train(module.training)
-        model.set_submodule(name, packed)
+    for _, module in fake_quantized_modules(model):
+        state = module.fake_state
+        assert isinstance(state, FakeQuantization)
+        bn = state.batchnorm
+        fake_state.pack(module)
         if bn is not None:
-            model.set_submodule(bn_names[id(bn)], nn.Identity())
+            model.set_submodule(names[id(bn)], nn.Identity())
     disable_fused_fast_paths(model)
     if int8_flow.can_flow(model):
         int8_flow.enable(model)

@@ -13,7 +13,7 @@ import quanta
 from quanta.codec import fake_quantize
 from quanta.errors import QuantaError, UnsupportedError
 from quanta.nn.base import QuantModule
-from quanta.qat import QATModule, convert, prepare_qat
+from quanta.qat import convert, is_prepared, prepare_qat
 from quanta.qat.quantizers import WeightQuantizer, check_qat_scheme
 from quanta.scheme import QScheme
 
@@ -57,7 +57,7 @@ def test_converted_model_equals_the_trained_fake_quantized_model(preset: str, tm
     with torch.no_grad():
         fake = model(x)
     convert(model)
-    assert not any(isinstance(m, QATModule) for m in model.modules())
+    assert not is_prepared(model)
     assert isinstance(model[2], QuantModule)  # binary, ternary and bnn keep the first and last layers in float
     with torch.no_grad():
         assert torch.equal(model(x), fake)  # the same grids, the same float operations
@@ -145,6 +145,8 @@ def test_recurrent_layers_train_and_convert_to_their_packed_twins(rnn: type[nn.L
     x = torch.randn(8, 12, 6, generator=g)
     y = (x.cumsum(dim=1)[..., 0] > 0).long() + (x[..., 1] > 0.5).long()
     model = prepare_qat(_Tagger(rnn), "w4a8")
+    assert type(model.rnn) is type(quanta.quantize(_Tagger(rnn), "w8a16").rnn)  # QuantLSTM / QuantGRU
+    assert isinstance(model.rnn, QuantModule) and model.rnn.fake_quantized
     assert len(model.rnn.weight_quantizers) == 4  # ih and hh of two layers
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
@@ -159,5 +161,81 @@ def test_recurrent_layers_train_and_convert_to_their_packed_twins(rnn: type[nn.L
     with torch.no_grad():
         fake = model(x)
         convert(model)
-        assert isinstance(model.rnn, QuantModule)
+        assert isinstance(model.rnn, QuantModule) and not model.rnn.fake_quantized
+        assert torch.equal(model(x), fake)
+
+
+def test_prepared_layers_are_the_ptq_classes_fake_quantized_and_convert_packs_the_same_objects(tmp_path: Path) -> None:
+    float_model = _net()
+    ptq = quanta.quantize(copy.deepcopy(float_model), "w4a8", calib=[_data()[0]])
+    model = copy.deepcopy(float_model)
+    conv_weight, linear_bias = model[2].weight, model[5].bias
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # built on the float model, before prepare_qat
+    prepare_qat(model, "w4a8")
+    layers = [model[i] for i in (0, 2, 5)]
+    for layer, packed in zip(layers, [ptq[i] for i in (0, 2, 5)], strict=True):
+        assert type(layer) is type(packed)  # QuantConv2d, QuantConv2d, QuantLinear: what quanta.quantize builds
+        assert isinstance(layer, QuantModule) and layer.fake_quantized and not packed.fake_quantized
+        assert "fake-quantized" in repr(layer)
+    assert model[2].weight is conv_weight and model[5].bias is linear_bias  # the float layer's own parameters
+    with pytest.raises(QuantaError, match=r"quanta\.convert"):
+        quanta.save(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(QuantaError, match=r"quanta\.convert"):
+        quanta.quantize(model, "w8a16")
+    x, y = _data()
+    before = conv_weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(conv_weight, before)  # the optimizer built before prepare_qat trains the master weight
+    convert(model.eval())
+    assert [model[i] for i in (0, 2, 5)] == layers  # packed in place: the same module objects
+    assert not model[2].fake_quantized and "weight" not in model[2]._parameters
+    assert model[2].weight_codes.dtype == torch.uint8 and model[2].bias is not None and not model[2].bias.requires_grad
+
+
+def test_prepared_model_deep_copies_and_resumes_from_its_state_dict() -> None:
+    x = _data()[0]
+    model = prepare_qat(_net(), "w4a4-lsq")
+    _train(model, 5)
+    clone = copy.deepcopy(model)
+    resumed = prepare_qat(_net(7), "w4a4-lsq")
+    resumed(x)  # initialises its input ranges, as a first training batch does
+    resumed.load_state_dict(model.state_dict())  # a training checkpoint: master weights and quantizer state
+    model.eval(), clone.eval(), resumed.eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(clone(x), expected) and torch.equal(resumed(x), expected)
+    assert all(m.fake_quantized for m in clone.modules() if isinstance(m, QuantModule))
+
+
+def test_dynamic_per_token_inputs_train_and_convert_to_the_dynamic_packed_module() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 12, generator=g) * torch.linspace(0.1, 4, 12)  # features of very different scales
+    y = (x[:, 0] * 10 > x[:, 11] / 4).long() + 2 * (x[:, 5] > 0).long()
+    prepare_qat(model, "w4a8-dyn-lsq")
+    assert model[0].act_dynamic and model[0]._modules["input_quantizer"] is None
+    with pytest.raises(UnsupportedError, match="PACT"):
+        prepare_qat(nn.Sequential(nn.Linear(4, 4)), "w4a8-dyn-pact")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        fake = model(x)
+        # per token: a token's output does not depend on the rest of the batch, however large the others are
+        loud = torch.cat([x[:1], x[1:] * 1000])
+        torch.testing.assert_close(model(loud)[:1], fake[:1], rtol=1e-5, atol=1e-5)
+        convert(model)
+        assert model[0].act_dynamic and not model[0].fake_quantized
         assert torch.equal(model(x), fake)
