@@ -59,7 +59,8 @@ except ImportError as error:  # an optional extra
 ENV = "CartPole-v1"
 N_ENVS, N_STEPS = 8, 128  # one PPO rollout: 1,024 transitions
 GAMMA, LAMBDA, CLIP = 0.99, 0.95, 0.2
-PRESETS = ("w8a16", "w8a8", "w8a8-dyn", "w8a8-obs16", "w4a16", "ternary", "ternary-all")
+PRESETS = ("w8a16", "w8a8", "w8a8-dyn", "w8a8-smoothinput", "w8a8-obs16", "w4a16", "ternary", "ternary-all")
+PTQ_ONLY = ("w8a8-smoothinput",)  # a post-training transform: QAT trains the raw-input rows instead
 EVAL_SEED, CALIB_SEED, QAT_SEED = 1_000_000, 2_000_000, 3_000_000  # env seed ranges, disjoint from training's
 
 
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[tuple[str, str, nn.Module]] = [("float32", "-", policy)]
     for mode in ("PTQ", "QAT"):
         for preset in PRESETS:
+            if mode == "QAT" and preset in PTQ_ONLY:
+                continue
             recipe = recipe_for(preset)
             if mode == "PTQ":
                 model = quanta.quantize(copy.deepcopy(policy), recipe, calib=calib)

@@ -20,10 +20,12 @@ from quanta import calib as calib_module
 from quanta import distributed
 from quanta.codec import quantize_tensor
 from quanta.errors import QuantaError, UnsupportedError
+from quanta.methods import input_smoothing
 from quanta.methods.pipeline import MethodPlan, Target
 from quanta.nn import int8_flow
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
+from quanta.nn.linear import QuantLinear
 from quanta.observers import Observer, get_observer
 from quanta.primitives.checks import check_finite
 from quanta.recipe import Recipe, Rule, resolve_recipe
@@ -237,6 +239,9 @@ def quantize_resolved(
                 done[id(weight)] = qweight
             qweights[weight_name] = qweight
         packed = step.quant_class.from_float_weights(step.module, qweights)
+        smoothing = input_smoothing.factors_of(step.module)
+        if smoothing is not None and isinstance(packed, QuantLinear):  # the smoothinput method's 1 / s
+            packed.set_input_smoothing(smoothing)
         act = step.rule.activation
         if act is not None:
             if step.rule.dynamic:

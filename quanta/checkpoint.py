@@ -27,6 +27,7 @@ from quanta.lm.kv_cache import KEY_SCALE_BUFFER
 from quanta.nn import int8_flow
 from quanta.nn.base import QuantModule, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
+from quanta.nn.linear import QuantLinear
 from quanta.scheme import QScheme
 from quanta.tensor import META_KEY, QTensor
 
@@ -80,6 +81,7 @@ def save(
             "kernel": getattr(module, "kernel", "reference"),
             "activation": None if module.act_scheme is None else str(module.act_scheme),
             "dynamic": module.act_dynamic,
+            "input_smoothing": "act_smooth" in module._buffers,  # per-feature input factors (smoothinput)
         }
     config = {
         "format_version": CHECKPOINT_VERSION,
@@ -183,6 +185,12 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None) -> n
             packed = quant_class.from_float_weights(float_module, qweights)
             if entry.get("activation"):  # buffers are created here and filled by load_state_dict below
                 packed.set_activation(QScheme.parse(entry["activation"]), bool(entry.get("dynamic", False)))
+            if entry.get("input_smoothing"):  # the factors, filled by load_state_dict below
+                if not isinstance(packed, QuantLinear):
+                    raise CorruptDataError(
+                        f"{path}: module {name!r} has input smoothing, which only QuantLinear takes."
+                    )
+                packed.set_input_smoothing(torch.ones(packed.in_features))
             swapped.append((name, float_module))
             model.set_submodule(name, packed)
         state = {k: v for k, v in tensors.items() if k not in meta_keys}

@@ -85,6 +85,11 @@ def _weights(model: nn.Module) -> dict[str, QTensor | torch.Tensor]:
     packed: dict[int, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantModule):
+            if "act_smooth" in module._buffers:
+                raise UnsupportedError(
+                    f"{name} has run-time input smoothing (the smoothinput method), which GGUF has no place for; "
+                    "quantize without it for a GGUF export."
+                )
             for wname, qt in module.qweights.items():
                 if qt.codes.data_ptr() not in packed:  # tied weights share one QTensor: written once
                     packed[qt.codes.data_ptr()] = name

@@ -189,6 +189,9 @@ def export_hf(
     for name, module in packed.items():
         qt = module.qweights.get("weight")
         reason = "activation quantization (weight-only schemes only)" if module.act_scheme is not None else None
+        smoothing = module._buffers.get("act_smooth")
+        if reason is None and smoothing is not None:
+            reason = "run-time input smoothing (smoothinput), which the layout has no place for"
         if not isinstance(module, QuantLinear):
             reason = f"{type(module).__name__} (the layout holds Linear weights only)"
         elif reason is None and qt is not None:
@@ -200,7 +203,10 @@ def export_hf(
                     f"the hf export cannot write {what}. It writes {SUPPORTED}; pass "
                     "allow_float=True (--allow-float) to write such modules as float weights."
                 )
-            tensors[f"{name}.weight"] = module.dequantized_weight(torch.float32).contiguous()
+            weight = module.dequantized_weight(torch.float32)
+            if smoothing is not None:  # the float layer's function: the smoothing folded back into the columns
+                weight = weight * smoothing
+            tensors[f"{name}.weight"] = weight.contiguous()
             in_float[name] = str(reason)
             quantized[name] = f"{qt.scheme if qt is not None else type(module).__name__} -> float weight (allow_float)"
             continue

@@ -80,6 +80,8 @@ class _Twin(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         bias = getattr(module, "bias", None)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        smoothing = module._buffers.get("act_smooth")  # smoothinput's per-feature factors: a Mul before the input QDQ
+        self.smooth = None if smoothing is None else nn.Parameter(smoothing.detach().clone(), requires_grad=False)
         self.act: tuple[float, int, int, int] | None = None
         if module.act_scheme is not None:
             scheme = module.act_scheme
@@ -87,6 +89,8 @@ class _Twin(nn.Module):
             self.act = (float(module.act_scale), int(module.act_zero), qmin, qmax)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x * self.smooth
         return x if self.act is None else _Act.apply(x, self.key, *self.act)
 
     def _weight(self) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quanta.errors import InvalidTensorError
 from quanta.kernels.base import Kernel, forced_reference, kernel_for
 from quanta.nn.base import register_quant_module
 from quanta.nn.kernel_layout import KernelLayoutModule
@@ -46,6 +47,28 @@ class QuantLinear(KernelLayoutModule):
 
     # -- forward -------------------------------------------------------------------------------------------
 
+    def set_input_smoothing(self, factors: torch.Tensor) -> None:
+        """Multiply every input by ``factors`` (one per input feature, buffer ``act_smooth``) before it is quantized.
+
+        :mod:`quanta.methods.input_smoothing` sets it to ``1 / s`` with the weight's columns multiplied by ``s``,
+        so the layer computes the same function while its per-tensor input grid covers every feature evenly.
+        """
+        if factors.shape != (self.in_features,) or not bool(torch.isfinite(factors).all()):
+            raise InvalidTensorError(
+                f"input smoothing takes {self.in_features} finite factors (one per input feature), got shape "
+                f"{tuple(factors.shape)}."
+            )
+        self.register_buffer("act_smooth", factors.detach().float().clone())
+
+    @property
+    def input_smoothing(self) -> torch.Tensor | None:
+        """The per-feature input factors of :meth:`set_input_smoothing`, or ``None``."""
+        return self._buffers.get("act_smooth")
+
+    def extra_repr(self) -> str:
+        smoothed = ", input smoothed per feature" if "act_smooth" in self._buffers else ""
+        return super().extra_repr() + smoothed
+
     def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """This layer's float operation on an input and a (dequantized or fake-quantized) weight."""
         return F.linear(x, weight, bias)
@@ -54,6 +77,9 @@ class QuantLinear(KernelLayoutModule):
         fake = self.fake_state
         if fake is not None:
             return fake.forward(self, x)
+        smooth = self._buffers.get("act_smooth")
+        if smooth is not None:  # before the input is quantized, by the kernel or below
+            x = x * smooth.to(x.dtype)
         kernel = self._kernel
         if (
             kernel is not None

@@ -131,6 +131,8 @@ def enter(
     for name, parameter in float_module._parameters.items():
         if parameter is not None:
             setattr(packed, name, parameter)  # registers it: the float layer's parameter itself, not a copy
+    order = [n for n in float_module._parameters if n in packed._parameters]  # named_parameters() as in float
+    packed._parameters = {n: packed._parameters[n] for n in [*order, *packed._parameters] if n in packed._parameters}
     if names == SINGLE:
         packed.add_module("weight_quantizer", quantizers["weight"])
     else:

@@ -323,3 +323,13 @@ def test_llama_cpp_greedy_tokens_match_quanta(tmp_path: Path) -> None:
         if len(got) == len(ids):
             break
     assert got == ids
+
+
+@needs_stories
+def test_run_time_input_smoothing_is_refused_by_name(tmp_path: Path) -> None:
+    model = _tiny_llama(hidden=64)
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    quanta.quantize(model, "w8a16-smoothinput", calib=[ids])
+    with pytest.raises(UnsupportedError, match="input smoothing"):
+        export(model, "gguf", tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

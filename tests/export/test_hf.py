@@ -328,6 +328,21 @@ def test_unsupported_schemes_raise_listing_supported(stories, tmp_path) -> None:
     assert torch.equal(hf.get_submodule("model.layers.0.mlp.down_proj").weight, down)
 
 
+def test_input_smoothing_is_refused_or_folded_back_into_float_weights(stories, tmp_path) -> None:
+    linear = Rule("model.*", "Linear", weight=QScheme.parse("int8:ch"), method="smoothinput")
+    smoothed = quanta.quantize(
+        copy.deepcopy(stories), Recipe((Rule(pattern="*lm_head", skip=True), linear)), calib=[IDS]
+    )
+    with pytest.raises(UnsupportedError, match="input smoothing"):
+        export(smoothed, "hf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    export(smoothed, "hf", tmp_path / "out", allow_float=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True)
+    with torch.no_grad():
+        want, got = smoothed(input_ids=IDS).logits, hf(input_ids=IDS).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # the smoothing is in the float weights
+
+
 def test_export_is_atomic(stories, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -289,3 +289,20 @@ def test_cli_exports_a_saved_zoo_model_and_verifies_it(tmp_path: Path) -> None:
     _checked(out)
     again = CliRunner().invoke(app, ["export", str(tmp_path / "q"), "--format", "onnx", "-o", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_input_smoothing_becomes_a_multiply_before_the_input_qdq(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    scales = torch.tensor([50.0, 1.0, 0.02, 3.0] * 4)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4)).eval()
+    calib = [torch.randn(256, 16) * scales]
+    quantized = quanta.quantize(copy.deepcopy(model), "w8a8-smoothinput", calib=calib)
+    path = tmp_path / "m.onnx"
+    export(quantized, "onnx", path, calib[0][:1])
+    assert "Mul" in [n.op_type for n in _checked(path).graph.node]
+    x = torch.randn(2048, 16) * scales
+    got = run_onnxruntime(onnxruntime_session(path), (x,))
+    ref = reference_outputs(quantized, (x,))
+    with torch.no_grad():
+        quant_error = np.abs(ref - model(x).numpy()).mean()
+    assert np.abs(got - ref).mean() <= 0.25 * quant_error  # as any w8a8 export: only half-step code flips differ

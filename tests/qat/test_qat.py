@@ -178,6 +178,8 @@ def test_prepared_layers_are_the_ptq_classes_fake_quantized_and_convert_packs_th
         assert isinstance(layer, QuantModule) and layer.fake_quantized and not packed.fake_quantized
         assert "fake-quantized" in repr(layer)
     assert model[2].weight is conv_weight and model[5].bias is linear_bias  # the float layer's own parameters
+    float_names = [n for n, _ in float_model.named_parameters()]
+    assert [n for n, _ in model.named_parameters() if "quantizer" not in n] == float_names  # in the same order
     with pytest.raises(QuantaError, match=r"quanta\.convert"):
         quanta.save(model, tmp_path / "m")
     assert not (tmp_path / "m").exists()
