@@ -240,7 +240,11 @@ def quantize_resolved(
             qweights[weight_name] = qweight
         packed = step.quant_class.from_float_weights(step.module, qweights)
         smoothing = input_smoothing.factors_of(step.module)
-        if smoothing is not None and isinstance(packed, QuantLinear):  # the smoothinput method's 1 / s
+        if smoothing is not None:  # the smoothinput method's 1 / s
+            if not isinstance(packed, QuantLinear):
+                raise UnsupportedError(
+                    f"{step.name}: input smoothing needs a QuantLinear, not {type(packed).__name__}."
+                )
             packed.set_input_smoothing(smoothing)
         act = step.rule.activation
         if act is not None:

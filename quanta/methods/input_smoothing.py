@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from quanta import distributed
-from quanta.errors import QuantaError
+from quanta.errors import QuantaError, UnsupportedError
+from quanta.methods.layers import VIEW_OF
 from quanta.methods.registry import Method, TransformTarget, register_method
 from quanta.methods.smoothing import run_steps
 from quanta.methods.smoothquant import ALPHA, smoothquant_scales
@@ -70,6 +71,7 @@ def smooth_inputs(model: nn.Module, layers: dict[str, nn.Linear], steps: list[An
         if not bool((act > 0).any()):
             raise QuantaError(f"calibration never reached {name}; check that the data exercises the whole model.")
         s = smoothquant_scales(act, layer.weight.detach().abs().amax(dim=0).float(), alpha)
+        s = s.to(layer.weight.dtype).float()  # the factors below undo exactly the scale the weight takes
         with torch.no_grad():
             layer.weight.mul_(s.to(layer.weight.dtype))
         previous = factors_of(layer)
@@ -80,6 +82,21 @@ def smooth_inputs(model: nn.Module, layers: dict[str, nn.Linear], steps: list[An
 
 def _transform(model: nn.Module, targets: dict[str, TransformTarget], steps: list[Any]) -> None:
     layers = {name: m for name in targets if isinstance(m := model.get_submodule(name), nn.Linear)}
+    owners: dict[int, list[str]] = {}
+    for pname, parameter in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(parameter.data_ptr(), []).append(pname)
+    for name, layer in layers.items():
+        if VIEW_OF in layer.__dict__:
+            raise UnsupportedError(
+                f"smoothinput smooths nn.Linear layers; {name} is a transformers Conv1D (GPT-2), whose packed module "
+                "has no input factors. Use smoothquant there, or leave it out of the rule."
+            )
+        shared = [n for n in owners.get(layer.weight.data_ptr(), []) if n != f"{name}.weight"]
+        if shared:
+            raise UnsupportedError(
+                f"smoothinput would rescale {name}.weight, which is tied to {', '.join(shared)}: the tied uses would "
+                "change too. Leave the layer out of the rule (e.g. a tied lm_head) or untie the weights."
+            )
     smooth_inputs(model, layers, steps)
 
 

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+VIEW_OF = "_quanta_view_of"  # set on a linear_view: the Conv1D it stands for
 
 
 def linear_view(module: nn.Module) -> nn.Linear | None:
@@ -45,6 +46,7 @@ def linear_view(module: nn.Module) -> nn.Linear | None:
     bias = module._parameters.get("bias")
     if bias is not None:
         view.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    view.__dict__[VIEW_OF] = module  # a method that must know (one that adds run-time state) can tell
     return view
 
 

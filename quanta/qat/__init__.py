@@ -145,12 +145,17 @@ def prepare_qat(
         fake_state.enter(packed, step.module, quantizers, inputs, act, step.rule.dynamic and act is not None, bn)
         if bn is not None:
             mark_folded(bn)
-        model.set_submodule(step.name, packed)
+        for name in _names_of(model, step.module):  # a layer registered under several names is one layer
+            model.set_submodule(name, packed)
     disable_fused_fast_paths(model)
     model.quanta_recipe = resolved.to_dict()  # type: ignore[assignment]
     if calib is not None:
         _calibrate_inputs(model, calib)
     return model
+
+
+def _names_of(model: nn.Module, module: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules(remove_duplicate=False) if m is module]
 
 
 def _states(model: nn.Module) -> list[FakeQuantization]:

@@ -34,6 +34,15 @@ from quanta.scheme import QScheme
 
 __all__ = ["FakeQuantization", "enter", "fake_quantized_modules", "pack"]
 
+HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
 SINGLE = ("weight",)  # linear and convolution layers: one ``weight_quantizer``; recurrent ones: ``weight_quantizers``
 
 
@@ -131,6 +140,8 @@ def enter(
     for name, parameter in float_module._parameters.items():
         if parameter is not None:
             setattr(packed, name, parameter)  # registers it: the float layer's parameter itself, not a copy
+    for hooks in HOOKS:  # hooks registered on the float layer keep running (their handles stay valid)
+        setattr(packed, hooks, getattr(float_module, hooks))
     order = [n for n in float_module._parameters if n in packed._parameters]  # named_parameters() as in float
     packed._parameters = {n: packed._parameters[n] for n in [*order, *packed._parameters] if n in packed._parameters}
     if names == SINGLE:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import quanta
-from quanta.errors import InvalidTensorError
+from quanta.errors import InvalidTensorError, UnsupportedError
 from quanta.methods.input_smoothing import factors_of, smooth_inputs
 from quanta.methods.smoothquant import smoothquant_scales
 
@@ -67,3 +67,16 @@ def test_factors_must_fit_the_layer() -> None:
         packed[0].set_input_smoothing(torch.ones(3))
     with pytest.raises(InvalidTensorError, match="finite"):
         packed[0].set_input_smoothing(torch.tensor([1.0, float("nan"), 1.0, 1.0]))
+
+
+def test_tied_weights_and_conv1d_layers_are_refused_before_anything_changes() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight  # tied: scaling one layer's columns would change the other
+    before = model[0].weight.detach().clone()
+    with pytest.raises(UnsupportedError, match="tied"):
+        quanta.quantize(model, "w8a8-smoothinput", calib=[_inputs(64, 4)])
+    assert torch.equal(model[0].weight, before)
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+    gpt2_style = nn.Sequential(pytorch_utils.Conv1D(8, 4))
+    with pytest.raises(UnsupportedError, match="Conv1D"):
+        quanta.quantize(gpt2_style, "w8a8-smoothinput", calib=[_inputs(64, 4)])

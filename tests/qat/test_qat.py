@@ -241,3 +241,25 @@ def test_dynamic_per_token_inputs_train_and_convert_to_the_dynamic_packed_module
         convert(model)
         assert model[0].act_dynamic and not model[0].fake_quantized
         assert torch.equal(model(x), fake)
+
+
+def test_hooks_and_every_name_of_a_layer_follow_it_into_the_fake_quantized_state() -> None:
+    class Aliased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _net()
+            self.head = self.body[5]  # one layer under two names
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)  # type: ignore[no-any-return]
+
+    model = Aliased()
+    seen: list[int] = []
+    handle = model.head.register_forward_hook(lambda _m, _args, out: seen.append(out.shape[0]))
+    prepare_qat(model, "w4a8")
+    assert model.head is model.body[5] and model.head.fake_quantized
+    model(_data(8)[0])
+    assert seen == [8]  # the hook registered on the float layer still runs
+    handle.remove()
+    model(_data(8)[0])
+    assert seen == [8]
