@@ -65,7 +65,11 @@ def _weight_sqnr(float_module: nn.Module, quant_module: nn.Module) -> float | No
         weight = getattr(float_module, name, None)
         if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(qt.shape):
             return None
-        ref.append(weight.detach().float().reshape(-1))
+        reference = weight.detach().float()
+        smoothing = quant_module._buffers.get("act_smooth") if name == "weight" else None
+        if smoothing is not None:  # smoothinput quantized W diag(s), s = 1 / factors: compare with that
+            reference = reference / smoothing
+        ref.append(reference.reshape(-1))
         got.append(qt.dequantize().float().reshape(-1))
     return sqnr_db(torch.cat(ref), torch.cat(got)) if ref else None
 

@@ -53,7 +53,10 @@ def _float_weight(
             f"the float model's {name}.{weight_name} ({type(module).__name__}) is {got}, not a float weight of shape "
             f"{tuple(qt.shape)}; pass the float model the checkpoint was quantized from."
         )
-    return weight.detach().float()
+    reference = weight.detach().float()
+    smoothing = packed._buffers.get("act_smooth") if weight_name == "weight" else None
+    # smoothinput quantized W diag(s), s = 1 / factors: the grid's error is measured against that
+    return reference if smoothing is None else reference / smoothing
 
 
 def _estimated_rel_mse(qt: QTensor, dequantized: torch.Tensor) -> float | None:

@@ -11,6 +11,7 @@ from torch import nn
 
 import quanta
 from quanta.errors import InvalidTensorError, UnsupportedError
+from quanta.eval.layer_error import layer_errors
 from quanta.methods.input_smoothing import factors_of, smooth_inputs
 from quanta.methods.smoothquant import smoothquant_scales
 
@@ -56,6 +57,9 @@ def test_w8a8_error_falls_where_one_input_range_cannot_cover_every_feature(tmp_p
         smoothed = quanta.quantize(copy.deepcopy(model), "w8a8-smoothinput", calib=calib)
         assert smoothed[0].input_smoothing is not None and "smoothed" in repr(smoothed[0])
         assert error(smoothed) < 0.1 * error(plain)  # the 0.01-range feature is no longer rounded away
+        # the weight's own error is measured against what was quantized, W diag(s), not against W
+        first = layer_errors(model, smoothed, calib)[0]
+        assert first.weight_sqnr_db is not None and first.weight_sqnr_db > 40
         quanta.save(smoothed, tmp_path / "m")
         loaded = quanta.load(tmp_path / "m", _model())
         assert torch.equal(loaded(x), smoothed(x))
