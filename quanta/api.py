@@ -23,7 +23,7 @@ from quanta.errors import QuantaError, UnsupportedError
 from quanta.methods import input_smoothing
 from quanta.methods.pipeline import MethodPlan, Target
 from quanta.nn import int8_flow
-from quanta.nn.base import QuantModule, quant_class_for
+from quanta.nn.base import QuantModule, fake_quantized_modules, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.nn.linear import QuantLinear
 from quanta.observers import Observer, get_observer
@@ -203,7 +203,7 @@ def quantize_resolved(
 ) -> nn.Module:
     """:func:`quantize` with the recipe already resolved; ``check_rules=False`` lets rules match no module here
     (presets' generic rules, or a part of a model quantized on its own, as the sequential LM pipeline does)."""
-    if any(isinstance(m, QuantModule) and m.fake_quantized for m in model.modules()):
+    if fake_quantized_modules(model):
         raise QuantaError(
             "the model is prepared for QAT (fake-quantized): pack it with quanta.convert(model), or quantize the "
             "float model instead."

@@ -81,7 +81,7 @@ def save(
             "kernel": getattr(module, "kernel", "reference"),
             "activation": None if module.act_scheme is None else str(module.act_scheme),
             "dynamic": module.act_dynamic,
-            "input_smoothing": "act_smooth" in module._buffers,  # per-feature input factors (smoothinput)
+            "input_smoothing": module.input_smoothing is not None,  # per-feature input factors (smoothinput)
         }
     config = {
         "format_version": CHECKPOINT_VERSION,

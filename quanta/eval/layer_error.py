@@ -66,7 +66,7 @@ def _weight_sqnr(float_module: nn.Module, quant_module: nn.Module) -> float | No
         if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(qt.shape):
             return None
         reference = weight.detach().float()
-        smoothing = quant_module._buffers.get("act_smooth") if name == "weight" else None
+        smoothing = quant_module.input_smoothing if name == "weight" else None
         if smoothing is not None:  # smoothinput quantized W diag(s), s = 1 / factors: compare with that
             reference = reference / smoothing
         ref.append(reference.reshape(-1))

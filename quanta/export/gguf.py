@@ -85,7 +85,7 @@ def _weights(model: nn.Module) -> dict[str, QTensor | torch.Tensor]:
     packed: dict[int, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantModule):
-            if "act_smooth" in module._buffers:
+            if module.input_smoothing is not None:
                 raise UnsupportedError(
                     f"{name} has run-time input smoothing (the smoothinput method), which GGUF has no place for; "
                     "quantize without it for a GGUF export."

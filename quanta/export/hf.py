@@ -189,7 +189,7 @@ def export_hf(
     for name, module in packed.items():
         qt = module.qweights.get("weight")
         reason = "activation quantization (weight-only schemes only)" if module.act_scheme is not None else None
-        smoothing = module._buffers.get("act_smooth")
+        smoothing = module.input_smoothing
         if reason is None and smoothing is not None:
             reason = "run-time input smoothing (smoothinput), which the layout has no place for"
         if not isinstance(module, QuantLinear):

@@ -80,7 +80,7 @@ class _Twin(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         bias = getattr(module, "bias", None)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        smoothing = module._buffers.get("act_smooth")  # smoothinput's per-feature factors: a Mul before the input QDQ
+        smoothing = module.input_smoothing  # smoothinput's per-feature factors: a Mul before the input QDQ
         self.smooth = None if smoothing is None else nn.Parameter(smoothing.detach().clone(), requires_grad=False)
         self.act: tuple[float, int, int, int] | None = None
         if module.act_scheme is not None:

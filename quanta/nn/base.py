@@ -22,6 +22,7 @@ from quanta.tensor import QTensor
 __all__ = [
     "FakeQuantState",
     "QuantModule",
+    "fake_quantized_modules",
     "qat_types",
     "quant_class_for",
     "register_quant_module",
@@ -184,6 +185,12 @@ class QuantModule(nn.Module):
     def _after_repack(self) -> None:
         """Called once ``quanta.convert`` has set the packed weights again (a kernel module chooses its kernel)."""
 
+    @property
+    def input_smoothing(self) -> torch.Tensor | None:
+        """Per-feature factors the input is multiplied by before it is quantized (``QuantLinear.set_input_smoothing``,
+        the ``smoothinput`` method), or ``None``."""
+        return self._buffers.get("act_smooth")
+
     def _check_packed(self, what: str) -> None:
         if self.fake_quantized:
             raise QuantaError(
@@ -298,6 +305,11 @@ def registered_types() -> list[type[nn.Module]]:
     """Float module types that have a quantized twin."""
     _load_builtin_modules()
     return list(_REGISTRY)
+
+
+def fake_quantized_modules(model: nn.Module) -> list[tuple[str, QuantModule]]:
+    """``(name, module)`` for every module of ``model`` in its fake-quantized state (prepared for QAT)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantModule) and m.fake_quantized]
 
 
 def qat_types() -> list[type[nn.Module]]:

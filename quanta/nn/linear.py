@@ -60,13 +60,8 @@ class QuantLinear(KernelLayoutModule):
             )
         self.register_buffer("act_smooth", factors.detach().float().clone())
 
-    @property
-    def input_smoothing(self) -> torch.Tensor | None:
-        """The per-feature input factors of :meth:`set_input_smoothing`, or ``None``."""
-        return self._buffers.get("act_smooth")
-
     def extra_repr(self) -> str:
-        smoothed = ", input smoothed per feature" if "act_smooth" in self._buffers else ""
+        smoothed = ", input smoothed per feature" if self.input_smoothing is not None else ""
         return super().extra_repr() + smoothed
 
     def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -77,7 +72,7 @@ class QuantLinear(KernelLayoutModule):
         fake = self.fake_state
         if fake is not None:
             return fake.forward(self, x)
-        smooth = self._buffers.get("act_smooth")
+        smooth = self.input_smoothing
         if smooth is not None:  # before the input is quantized, by the kernel or below
             x = x * smooth.to(x.dtype)
         kernel = self._kernel

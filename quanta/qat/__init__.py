@@ -28,12 +28,12 @@ from quanta.errors import QuantaError, UnsupportedError
 from quanta.formats.integer import IntegerFormat
 from quanta.methods.bn_fold import batchnorm_pairs
 from quanta.nn import int8_flow
-from quanta.nn.base import QuantModule, qat_types, quant_class_for
+from quanta.nn.base import QuantModule, fake_quantized_modules, qat_types, quant_class_for
 from quanta.nn.fastpath import disable_fused_fast_paths
 from quanta.primitives.checks import check_finite
 from quanta.qat import fake_state
 from quanta.qat.batchnorm import fold_factor, freeze_batchnorm, mark_folded, unfreeze_batchnorm
-from quanta.qat.fake_state import FakeQuantization, fake_quantized_modules
+from quanta.qat.fake_state import FakeQuantization
 from quanta.qat.quantizers import (
     LEARNED_STEPS,
     QAT_METHODS,
@@ -50,7 +50,7 @@ __all__ = ["FakeQuantization", "convert", "fake_quantized_modules", "freeze", "i
 
 def is_prepared(model: nn.Module) -> bool:
     """Whether ``model`` has modules in the fake-quantized state (prepared by :func:`prepare_qat`, not converted)."""
-    return any(isinstance(m, QuantModule) and m.fake_quantized for m in model.modules())
+    return bool(fake_quantized_modules(model))
 
 
 def prepare_qat(

@@ -32,7 +32,7 @@ from quanta.qat.batchnorm import fold_factor, folded_bias, normalises_with_runni
 from quanta.qat.quantizers import FormatInputQuantizer, InputQuantizer, WeightQuantizer
 from quanta.scheme import QScheme
 
-__all__ = ["FakeQuantization", "enter", "fake_quantized_modules", "pack"]
+__all__ = ["FakeQuantization", "enter", "pack"]
 
 HOOKS = (
     "_forward_pre_hooks",
@@ -204,8 +204,3 @@ def pack(module: QuantModule) -> QuantModule:
         assert state.input_scheme is not None
         module.set_activation(state.input_scheme, dynamic=True)
     return module
-
-
-def fake_quantized_modules(model: nn.Module) -> list[tuple[str, QuantModule]]:
-    """``(name, module)`` for every module of ``model`` in its fake-quantized state."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantModule) and m.fake_quantized]

@@ -54,7 +54,7 @@ def _float_weight(
             f"{tuple(qt.shape)}; pass the float model the checkpoint was quantized from."
         )
     reference = weight.detach().float()
-    smoothing = packed._buffers.get("act_smooth") if weight_name == "weight" else None
+    smoothing = packed.input_smoothing if weight_name == "weight" else None
     # smoothinput quantized W diag(s), s = 1 / factors: the grid's error is measured against that
     return reference if smoothing is None else reference / smoothing
 
