@@ -14,7 +14,7 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NamedTuple, Optional
 
 import typer
 
@@ -63,6 +63,41 @@ def _window(model: Any, seqlen: int | None) -> int:
     from quanta.lm import context_length
 
     return context_length(model) if seqlen is None else seqlen
+
+
+class LMInputs(NamedTuple):
+    """What the data-driven commands (sensitivity, sweep, the budget path) load for a transformers directory."""
+
+    net: Any
+    tokenizer: Any
+    window: int  # tokens per calibration / evaluation window
+    batches: list[Any] | None  # the --calib windows, CALIB_BATCH to a batch (None without --calib)
+    eval_ids: Any  # the first max_tokens token ids of --ppl (None without --ppl)
+
+
+def is_lm_directory(model: str | Path) -> bool:
+    """Whether ``model`` names a transformers directory (one with a config.json), not a zoo model."""
+    return Path(model).is_dir() and (Path(model) / "config.json").is_file()
+
+
+def lm_inputs(source: Path, calib: Path | None, ppl: Path | None, opts: dict[str, Any]) -> LMInputs:
+    """The model, tokenizer and window of ``source``, with its calibration windows and evaluation tokens
+    (``opts``: seqlen, nsamples, seed, max_tokens).
+
+    Raises:
+        QuantaError: ``calib`` is an .npz file, or holds fewer tokens than one window.
+    """
+    from quanta.lm import tokenize_file
+
+    if calib is not None and calib.suffix.lower() == ".npz":
+        raise QuantaError(f"{calib}: a language model calibrates on a text file (--calib FILE.txt), not .npz.")
+    net, tokenizer = _model_and_tokenizer(source)
+    window = _window(net, opts["seqlen"])
+    ids = None if ppl is None else tokenize_file(ppl, tokenizer)[: opts.get("max_tokens")]
+    batches = None
+    if calib is not None:
+        batches = text_calibration_batches(calib, tokenizer, window, opts["nsamples"], opts["seed"])
+    return LMInputs(net, tokenizer, window, batches, ids)
 
 
 def quantize_hf(

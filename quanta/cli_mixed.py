@@ -66,15 +66,15 @@ def _zoo(model: str, calib: Path, opts: dict[str, Any]) -> tuple[Any, list[Any],
 
 def _language_model(source: Path, calib: Path, opts: dict[str, Any]) -> tuple[Any, list[Any], int, Any]:
     """(float model, calibration batches, window, tokenizer) for a transformers directory, as quanta quantize."""
-    from quanta.cli_lm import _model_and_tokenizer, _window, text_calibration_batches
+    from quanta.cli_lm import lm_inputs
 
     if calib.suffix.lower() == ".npz":
         raise QuantaError(f"{calib}: a language model calibrates on a text file (--calib FILE.txt), not .npz.")
     if (source / "quanta.json").is_file():
         raise QuantaError(f"{source} is already quantized (it has quanta.json); pass the float model directory.")
-    net, tokenizer = _model_and_tokenizer(source)
-    window = _window(net, opts["seqlen"])
-    return net, text_calibration_batches(calib, tokenizer, window, opts["nsamples"], opts["seed"]), window, tokenizer
+    lm = lm_inputs(source, calib, None, opts)
+    assert lm.batches is not None
+    return lm.net, lm.batches, lm.window, lm.tokenizer
 
 
 def quantize_mixed(

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from quanta.cli import JsonOpt, QuietOpt, SeedOpt, _errors, _numbers_table, _Out, app
+from quanta.cli_lm import is_lm_directory
 from quanta.errors import QuantaError
 
 __all__ = ["sensitivity_command"]
@@ -33,20 +34,12 @@ def _num(value: float | None, fmt: str = ".3g") -> str:
 
 def _language_model(model: Path, calib: Path, ppl: Path | None, accuracy: Path | None, opts: dict[str, Any]) -> Any:
     """(model, calibration batches, eval data, window) for a transformers directory."""
-    from quanta.cli_lm import _model_and_tokenizer, _window, text_calibration_batches
-    from quanta.lm import tokenize_file
+    from quanta.cli_lm import lm_inputs
 
     if accuracy is not None:
         raise QuantaError("--accuracy is for image classifiers; score a language model with --ppl FILE.txt.")
-    if calib.suffix.lower() == ".npz":
-        raise QuantaError(f"{calib}: a language model calibrates on a text file (--calib FILE.txt), not .npz.")
-    net, tokenizer = _model_and_tokenizer(model)
-    window = _window(net, opts["seqlen"])
-    batches = text_calibration_batches(calib, tokenizer, window, opts["nsamples"], opts["seed"])
-    eval_ids = None
-    if ppl is not None:
-        eval_ids = tokenize_file(ppl, tokenizer)[: opts["max_tokens"]]
-    return net, batches, eval_ids, window
+    lm = lm_inputs(model, calib, ppl, opts)
+    return lm.net, lm.batches, lm.eval_ids, lm.window
 
 
 def _image_model(model: str, calib: Path, ppl: Path | None, accuracy: Path | None, opts: dict[str, Any]) -> Any:
@@ -121,7 +114,7 @@ def sensitivity_command(
             raise QuantaError("--candidates is empty; give presets such as w2a16-g32,w8a16.")
         if metric not in ("auto", "kl", "loss", "accuracy"):
             raise QuantaError(f"--metric {metric!r} is not one of auto, kl, loss, accuracy.")
-        is_lm = Path(model).is_dir() and (Path(model) / "config.json").is_file()
+        is_lm = is_lm_directory(model)
         with out.status(f"loading {model}..."):
             if is_lm:
                 net, batches, eval_data, window = _language_model(Path(model), calib, ppl, accuracy, opts)

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from quanta.cli import JsonOpt, QuietOpt, SeedOpt, _errors, _numbers_table, _Out, app
+from quanta.cli_lm import is_lm_directory
 from quanta.errors import QuantaError
 
 __all__ = ["sweep_command"]
@@ -55,25 +56,20 @@ def _language_model(
 ) -> Any:
     """(model, calibration batches or None, evaluation, quantize function) for a transformers directory."""
     import quanta
-    from quanta.cli_lm import _model_and_tokenizer, _window, text_calibration_batches
+    from quanta.cli_lm import lm_inputs
     from quanta.eval.sweep_eval import perplexity_evaluation
-    from quanta.lm import quantize_sequential, tokenize_file
+    from quanta.lm import quantize_sequential
 
     if eval_npz is not None:
         raise QuantaError("--eval FILE.npz is for image classifiers; score a language model with --ppl FILE.txt.")
     if ppl is None:
         raise QuantaError(f"the evaluation set is missing: pass --ppl FILE.txt (text to score {model} on).")
-    if calib is not None and calib.suffix.lower() == ".npz":
-        raise QuantaError(f"{calib}: a language model calibrates on a text file (--calib FILE.txt), not .npz.")
-    net, tokenizer = _model_and_tokenizer(model)
-    window = _window(net, opts["seqlen"])
-    ids = tokenize_file(ppl, tokenizer)[: opts["max_tokens"]]
-    evaluation = perplexity_evaluation(net, ids, window, batch_size=opts["batch_size"])
-    if calib is None:
-        return net, None, evaluation, lambda m, r, c: quanta.quantize(m, r, c)
-    batches = text_calibration_batches(calib, tokenizer, window, opts["nsamples"], opts["seed"])
+    lm = lm_inputs(model, calib, ppl, opts)
+    evaluation = perplexity_evaluation(lm.net, lm.eval_ids, lm.window, batch_size=opts["batch_size"])
+    if lm.batches is None:
+        return lm.net, None, evaluation, lambda m, r, c: quanta.quantize(m, r, c)
     # block by block, each block calibrated on the quantized blocks' outputs, as `quanta quantize` does
-    return net, batches, evaluation, quantize_sequential
+    return lm.net, lm.batches, evaluation, quantize_sequential
 
 
 def _image_model(spec: str, calib: Path | None, ppl: Path | None, eval_npz: Path | None, opts: dict[str, Any]) -> Any:
@@ -160,7 +156,7 @@ def sweep_command(
         method_names = [m.strip() for m in methods.split(",") if m.strip()]
         grid = sweep_grid(_ints(bits, "--bits"), method_names, _groups(groups))
         grid += [p.strip() for p in (presets or "").split(",") if p.strip() and p.strip() not in grid]
-        is_lm = Path(model).is_dir() and (Path(model) / "config.json").is_file()
+        is_lm = is_lm_directory(model)
         with out.status(f"loading {model}..."):
             if is_lm:
                 net, batches, evaluation, quantize_fn = _language_model(Path(model), calib, ppl, eval_npz, opts)
