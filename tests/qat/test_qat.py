@@ -31,8 +31,9 @@ def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x[:, 0, :4].sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 4:].sum(dim=(1, 2)) > 0).long()
 
 
-def _train(model: nn.Module, steps: int = 30) -> list[float]:
-    x, y = _data()
+def _train(model: nn.Module, steps: int = 30, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[float]:
+    """Adam at 1e-2 on one batch (``_data()`` unless given); the loss of every step."""
+    x, y = _data() if data is None else data
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(steps):
@@ -40,7 +41,7 @@ def _train(model: nn.Module, steps: int = 30) -> list[float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -148,14 +149,7 @@ def test_recurrent_layers_train_and_convert_to_their_packed_twins(rnn: type[nn.L
     assert type(model.rnn) is type(quanta.quantize(_Tagger(rnn), "w8a16").rnn)  # QuantLSTM / QuantGRU
     assert isinstance(model.rnn, QuantModule) and model.rnn.fake_quantized
     assert len(model.rnn.weight_quantizers) == 4  # ih and hh of two layers
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = nn.functional.cross_entropy(model(x), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = _train(model, 30, (x, y.flatten()))
     assert losses[-1] < 0.8 * losses[0]
     model.eval()
     with torch.no_grad():
@@ -223,14 +217,7 @@ def test_dynamic_per_token_inputs_train_and_convert_to_the_dynamic_packed_module
     assert model[0].act_dynamic and model[0]._modules["input_quantizer"] is None
     with pytest.raises(UnsupportedError, match="PACT"):
         prepare_qat(nn.Sequential(nn.Linear(4, 4)), "w4a8-dyn-pact")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = _train(model, 40, (x, y))
     assert losses[-1] < 0.7 * losses[0]
     model.eval()
     with torch.no_grad():
